@@ -1,0 +1,38 @@
+"""Train one deep MLP (or a sweep with -m) on MNIST with a chosen init scheme.
+
+python scripts/train.py init=kaiming depth=50
+python scripts/train.py -m init=normal,xavier,kaiming depth=10,50
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from deepinit.provision import DataError
+from deepinit.train import ConfigError, check_group_choices, describe_end, run
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger("deepinit")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")  # exit status 1, the message alone on stderr
+    except DataError as e:
+        sys.exit(f"data error: {e}")
+    log.info(describe_end(summary, Path(cfg.runs_dir)))
+
+
+if __name__ == "__main__":
+    try:
+        check_group_choices(sys.argv[1:], CONF_DIR)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    main()

@@ -1,0 +1,102 @@
+"""MNIST / Fashion-MNIST as whole tensors in memory, batched by slicing (no per-sample transforms).
+
+The study trains hundreds of small models; a per-sample PIL pipeline would make every one of them
+input-bound. The DataModule normalizes the full data set once, moves it to the training device, and
+hands out shuffled slices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from torch import Tensor
+
+from deepinit.provision import ensure_dataset
+
+log = logging.getLogger(__name__)
+
+
+class TensorBatches:
+    """An iterable of (x, y) mini-batches over tensors; reshuffled every pass from a seeded generator."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.x)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            x, y = self.x[order], self.y[order]
+        else:
+            x, y = self.x, self.y
+        for start in range(0, n, self.batch_size):
+            yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """60k/10k MNIST (or Fashion-MNIST) with `val_size` images held out of the 60k by a fixed seed."""
+
+    def __init__(
+        self,
+        root: str = "data",
+        dataset: str = "MNIST",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        mean: float = 0.1307,
+        std: float = 0.3081,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.root = Path(root)
+        self.dataset, self.batch_size, self.eval_batch_size = dataset, batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.mean, self.std, self.download = mean, std, download
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.root, self.dataset, try_download=self.download)
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        ds = getattr(torchvision.datasets, self.dataset)(str(self.root), train=train, download=False)
+        x = (ds.data.flatten(1).float() / 255.0 - self.mean) / self.std
+        return x, ds.targets.long()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.prepare_data()  # cheap when present (a hash check); lets setup() work outside a Trainer
+            x, y = self._load(train=True)
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
+            val, train = order[: self.val_size], order[self.val_size :]
+            self.splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": self._load(train=False)}
+        # Move (once) to where training runs, so batches never cross the host-device boundary.
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+
+    def sample_batch(self, size: int, seed: int = 0) -> Tensor:
+        """A fixed random batch of training inputs (for data-dependent init such as LSUV)."""
+        x = self.splits["train"][0]
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size]
+        return x[pick.to(x.device)]
+
+    def train_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.shuffle_seed)
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.splits["val"], self.eval_batch_size)
+
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.splits["test"], self.eval_batch_size)

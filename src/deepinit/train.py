@@ -1,0 +1,183 @@
+"""One study run: build data, model, init and trainer from a Hydra config; train, test, summarize.
+
+`run(cfg, run_dir)` is the whole job and returns the summary it writes to `run_dir/summary.json`.
+`check_group_choices` lets the command line reject an unknown config-group choice in one line, before
+Hydra composes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from deepinit.init_schemes import initialize
+from deepinit.model import ACTIVATIONS, MLP
+from deepinit.module import Classifier
+from deepinit.provision import DataError
+
+log = logging.getLogger(__name__)
+
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class ConfigError(ValueError):
+    """A setting the study cannot run with; the message names it and the valid choices."""
+
+
+def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
+    """Raise ConfigError for `group=choice` overrides (comma lists too) naming no file in conf/<group>/."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        group = conf_dir / key
+        if not sep or not group.is_dir() or "(" in value or "*" in value:
+            continue  # plain values and Hydra's sweep functions are Hydra's to check
+        choices = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in choices:
+                raise ConfigError(f"unknown {key} {choice!r}; choose one of: {', '.join(choices)}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    checks = [
+        (isinstance(cfg.depth, int) and cfg.depth >= 2, f"depth must be an integer >= 2 (got {cfg.depth})"),
+        (isinstance(cfg.width, int) and cfg.width >= 1, f"width must be an integer >= 1 (got {cfg.width})"),
+        (
+            cfg.activation in ACTIVATIONS,
+            f"unknown activation {cfg.activation!r}; choose one of: {', '.join(ACTIVATIONS)}",
+        ),
+        (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
+        (
+            isinstance(cfg.data.batch_size, int) and cfg.data.batch_size >= 1,
+            f"data.batch_size must be an integer >= 1 (got {cfg.data.batch_size})",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _essentials(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "init": cfg.init.name,
+        "depth": cfg.depth,
+        "width": cfg.width,
+        "activation": cfg.activation,
+        "bias": cfg.bias,
+        "optimizer": cfg.optim._target_.rsplit(".", 1)[-1].lower(),
+        "lr": cfg.optim.lr,
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.max_epochs,
+        "data": cfg.data.dataset,
+        "seed": cfg.seed,
+    }
+
+
+def _scalar(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, dict[str, Any]]:
+    """Data module (set up on the CPU), initialized model wrapped for Lightning, and what init used."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = MLP(depth=cfg.depth, width=cfg.width, activation=cfg.activation, bias=cfg.bias)
+    init_cfg = OmegaConf.to_container(cfg.init, resolve=True)
+    batch = datamodule.sample_batch(init_cfg.pop("batch_size"), seed=cfg.seed) if "batch_size" in init_cfg else None
+    init_used = initialize(model, batch=batch, **init_cfg)
+    return datamodule, Classifier(model, instantiate(cfg.optim)), init_used
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; write and return run_dir/summary.json."""
+    run_dir = Path(run_dir)
+    start = time.time()
+    summary: dict[str, Any] = {"status": "failed", "reason": None, "config": None, "run_dir": str(run_dir)}
+    try:
+        validate(cfg)
+        summary["config"] = _essentials(cfg)
+        datamodule, module, init_used = build(cfg)
+        logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(run_dir))
+        device = trainer.strategy.root_device
+        sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))
+        n_params = sum(p.numel() for p in module.parameters())
+        log.info(
+            f"deepinit: {' '.join(f'{k}={v}' for k, v in summary['config'].items())} | gain {init_used['gain']:.4g}"
+            f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {device}"
+        )
+        trainer.fit(module, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if module.divergence is not None:
+            d = module.divergence
+            where = f"first non-finite output at layer {d['layer']} of {cfg.depth}" if d["layer"] else "outputs finite"
+            summary.update(status="diverged", divergence=d)
+            summary["reason"] = f"loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}); {where}"
+            log.warning(f"diverged: {summary['reason']}")
+        elif trainer.interrupted:
+            summary.update(status="interrupted", reason="stopped by the user")
+        else:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            summary.update(status="ok")
+        summary["metrics"] = {
+            "test_acc": _scalar(metrics, "test/acc"),
+            "test_loss": _scalar(metrics, "test/loss"),
+            "val_acc": module.val_acc_history[-1] if module.val_acc_history else None,
+            "best_val_acc": max(module.val_acc_history, default=None),
+            "val_loss": _scalar(metrics, "val/loss"),
+            "train_loss": _scalar(metrics, "train/loss"),
+        }
+        summary.update(init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device))
+    except (ConfigError, DataError) as e:
+        summary["reason"] = str(e)
+        raise
+    except Exception as e:
+        summary["reason"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        summary["wall_time_s"] = round(time.time() - start, 2)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    return summary
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so summary.json stays valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def describe_end(summary: dict[str, Any], runs_root: Path) -> str:
+    m = summary.get("metrics") or {}
+    parts = [f"deepinit: {summary['status']}"]
+    if m.get("test_acc") is not None:
+        parts.append(f"test acc {m['test_acc']:.4f} (loss {m['test_loss']:.4f})")
+    if m.get("best_val_acc") is not None:
+        parts.append(f"best val acc {m['best_val_acc']:.4f}")
+    parts.append(f"{summary['wall_time_s']:.0f} s")
+    parts.append(f"logs in {summary['run_dir']}")
+    parts.append(f"view: tensorboard --logdir {runs_root}")
+    return " | ".join(parts)

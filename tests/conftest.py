@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("DEEPINIT_DATA", REPO / "data"))
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The real MNIST data root, provisioned the way a user's first run would (once per machine)."""
+    from deepinit.provision import ensure_dataset
+
+    return ensure_dataset(DATA_ROOT, "MNIST")
+
+
+@pytest.fixture(scope="session")
+def mnist_module(mnist_root):
+    from deepinit.data import MNISTDataModule
+
+    dm = MNISTDataModule(root=str(mnist_root), download=False)
+    dm.setup("fit")
+    return dm
+
+
+def train_cli(*overrides: str, runs_dir: Path, data_root: Path | None = None, timeout: int = 600):
+    """Run scripts/train.py exactly as a user would; returns the CompletedProcess."""
+    env = {**os.environ, "DEEPINIT_DATA": str(data_root or DATA_ROOT), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs_dir}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)

@@ -1,0 +1,89 @@
+"""The real command line: a short real MNIST run, divergence as a result, bad input as one line."""
+
+import json
+import shutil
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import train_cli
+
+
+def only_run(runs_dir):
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    return run
+
+
+def scalars(run_dir, tag):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
+    done = train_cli(
+        "init=kaiming",
+        "depth=10",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=150",
+        runs_dir=tmp_path,
+        data_root=mnist_root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = only_run(tmp_path)
+    assert run.name.startswith("kaiming_relu_d10_w256_s0_")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["config"]["depth"] == 10 and summary["steps"] == 150
+    assert summary["metrics"]["test_acc"] > 0.85  # 150 SGD steps on real MNIST
+    losses = scalars(run, "train/loss")
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert scalars(run, "val/acc") and (run / ".hydra" / "config.yaml").exists()
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("deepinit: ok | test acc") and "tensorboard --logdir" in last
+
+
+def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
+    done = train_cli(
+        "init=normal", "depth=50", "trainer.limit_train_batches=5", runs_dir=tmp_path, data_root=mnist_root
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    d = summary["divergence"]
+    # std grows ~sqrt(256/2) = 11.3 per relu layer: float32 (3.4e38) overflows in the mid-30s, in step 0.
+    assert d["step"] == 0 and 30 <= d["layer"] <= 40
+    assert f"layer {d['layer']} of 50" in summary["reason"] and "\n" not in summary["reason"]
+    assert any(line.startswith("diverged: ") for line in done.stdout.splitlines())
+    assert list(run.glob("events.out.tfevents.*"))
+    assert summary["metrics"]["test_acc"] is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("init=bogus", "unknown init 'bogus'; choose one of: kaiming, "),
+        ("depth=0", "depth must be an integer >= 2 (got 0)"),
+        ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
+        ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
+    done = train_cli(override, runs_dir=tmp_path, data_root=mnist_root)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}")
+
+
+def test_corrupted_data_file_is_named_not_trained_on(tmp_path, mnist_root):
+    data = tmp_path / "data"
+    shutil.copytree(mnist_root / "MNIST", data / "MNIST")
+    images = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: 1 << 20])
+    done = train_cli("depth=3", runs_dir=tmp_path / "runs", data_root=data)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("data error: ") and str(images) in line and "re-provision" in line
