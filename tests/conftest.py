@@ -31,3 +31,20 @@ def train_cli(*overrides: str, runs_dir: Path, data_root: Path | None = None, ti
     env = {**os.environ, "DEEPINIT_DATA": str(data_root or DATA_ROOT), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs_dir}", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def compose_cfg(*overrides: str, data_root: Path = DATA_ROOT):
+    """The composed Hydra config for `overrides`, as scripts/train.py would see it (without hydra.*)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"data.root={data_root}", *overrides])
+
+
+def read_events(run_dir: Path):
+    """A loaded EventAccumulator over run_dir's event files, nothing sampled away."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc

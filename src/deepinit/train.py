@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from deepinit.init_schemes import initialize
+from deepinit.layer_stats import LayerStats
 from deepinit.model import ACTIVATIONS, MLP
 from deepinit.module import Classifier
 from deepinit.provision import DataError
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# A diverged step returns None on purpose (skipping its update); the divergence line already says so.
+warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
 
 class ConfigError(ValueError):
@@ -93,11 +96,14 @@ def _scalar(metrics: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, dict[str, Any]]:
-    """Data module (set up on the CPU), initialized model wrapped for Lightning, and what init used."""
+def build(
+    cfg: DictConfig, datamodule: L.LightningDataModule | None = None
+) -> tuple[L.LightningDataModule, Classifier, dict[str, Any]]:
+    """Data module (set up on the CPU unless given), initialized model wrapped for Lightning, what init used."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
+    if datamodule is None:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
     model = MLP(depth=cfg.depth, width=cfg.width, activation=cfg.activation, bias=cfg.bias)
     init_cfg = OmegaConf.to_container(cfg.init, resolve=True)
     batch = datamodule.sample_batch(init_cfg.pop("batch_size"), seed=cfg.seed) if "batch_size" in init_cfg else None
@@ -115,7 +121,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["config"] = _essentials(cfg)
         datamodule, module, init_used = build(cfg)
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(run_dir))
+        stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
+        callbacks = [LayerStats(**stats_cfg)] if stats_cfg.pop("enabled") else []
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         device = trainer.strategy.root_device
         sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))
         n_params = sum(p.numel() for p in module.parameters())

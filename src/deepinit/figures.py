@@ -1,0 +1,95 @@
+"""Matplotlib figures of layer statistics: the depth profile and the layer x step heat map."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures go to files and TensorBoard; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+History = dict[tuple[str, str], list[tuple[int, np.ndarray]]]
+
+PROFILE_PANELS = [
+    ("preactivations", "sqr", "pre-activation mean square q_l"),
+    ("activations", "sqr", "activation mean square m_l"),
+    ("gradients", "sqr", "gradient mean square E g_l^2 (dL/dh_l)"),
+    ("activations", "health", "dead / saturated fraction"),
+    ("weight_grads", "grad_data_ratio", "grad:data ratio std(dW)/std(W)"),
+    ("updates", "log10_update_data_ratio", "log10 update:data ratio"),
+]
+
+
+def _pick_steps(steps: list[int], points: int) -> list[int]:
+    """The first logged step (init) and evenly spaced later ones, the last included."""
+    if len(steps) <= points:
+        return steps
+    picks = np.linspace(0, len(steps) - 1, points).round().astype(int)
+    return [steps[i] for i in sorted(set(picks))]
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, np.nan)  # gaps, not errors, where a run overflowed
+
+
+def _use_log(series: list[np.ndarray]) -> bool:
+    values = np.concatenate([s[np.isfinite(s)] for s in series]) if series else np.array([])
+    return bool(values.size) and values.min() > 0 and values.max() / values.min() > 10
+
+
+def depth_profile_figure(history: History, activation: str, points: int = 5) -> Figure | None:
+    """Each panel: a quantity against layer index, one line per logged step (init and a few later)."""
+    health = "dead" if ("activations", "dead") in history else "saturated"
+    panels = [(g, health if q == "health" else q, t) for g, q, t in PROFILE_PANELS]
+    panels = [p for p in panels if (p[0], p[1]) in history]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (group, quantity, title) in zip(axes.flat, panels, strict=False):
+        records = dict(history[(group, quantity)])
+        chosen = _pick_steps(sorted(records), points)
+        colors = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
+        series = [_finite(records[s]) for s in chosen]
+        for step, values, color in zip(chosen, series, colors, strict=True):
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", color=color, label=f"step {step}")
+        if _use_log(series):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Depth profile ({activation})")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(history: History) -> Figure | None:
+    """log10 of the activation and gradient mean squares, layer x logged step."""
+    panels = [(g, q) for g, q in (("activations", "sqr"), ("gradients", "sqr")) if (g, q) in history]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    for ax, (group, quantity) in zip(axes.flat, panels, strict=True):
+        steps = [s for s, _ in history[(group, quantity)]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grid = np.log10(_finite(np.stack([v for _, v in history[(group, quantity)]]))).T
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            origin="lower",
+            cmap="magma",
+            extent=(-0.5, len(steps) - 0.5, 0.5, grid.shape[0] + 0.5),
+            interpolation="nearest",
+        )
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+        ax.set_title(f"log10 {group} mean square")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,210 @@
+"""LayerStats: a Lightning callback that records every layer's activations, gradients and weights.
+
+On a logging step (step 0, before any update, then every `every_n_steps`) it hooks each Linear and
+activation for that one batch, snapshots the weights before the optimizer step, and afterwards computes
+all statistics on the device, crossing to the host once. On other steps no hook is even registered.
+It writes TensorBoard scalars (`<group>/<quantity>/layer_07`) with a custom-scalars layout (one chart per
+quantity, a line per layer), histograms, depth-profile and heat-map figures, and a tidy
+`layer_stats.csv` (step, layer, group, quantity, value). It observes only: training is unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
+from torch.utils.tensorboard.summary import histogram_raw
+
+from deepinit import stats
+from deepinit.figures import depth_profile_figure, heatmap_figure
+
+
+class LayerStats(L.Callback):
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        histogram_every_n_steps: int = 500,
+        groups: Sequence[str] = tuple(stats.GROUPS),
+        figures: bool = True,
+        profile_points: int = 5,
+        csv_file: str | None = "layer_stats.csv",
+    ) -> None:
+        unknown = set(groups) - set(stats.GROUPS)
+        if unknown:
+            raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
+        if every_n_steps < 1:
+            raise ValueError(f"stats.every_n_steps must be >= 1 (got {every_n_steps})")
+        self.every_n_steps = every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.groups = set(groups)
+        self.figures, self.profile_points, self.csv_file = figures, profile_points, csv_file
+        # (group, quantity) -> [(step, values per layer)], kept for the figures
+        self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        self._step: int | None = None
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.model = pl_module.model
+        self.pad = max(2, len(str(self.model.depth)))
+        self.writer = getattr(trainer.logger, "experiment", None)
+        self.out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self._layout_written = False
+        self._csv = None
+        if self.csv_file:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / self.csv_file
+            is_new = not path.exists()
+            self._csv = open(path, "a", newline="")  # noqa: SIM115  (kept open across steps, closed at fit end)
+            self._csv_writer = csv.writer(self._csv)
+            if is_new:
+                self._csv_writer.writerow(["step", "layer", "group", "quantity", "value"])
+
+    # --- capture, only on logging steps ---------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        if trainer.global_step % self.every_n_steps:
+            return
+        self._step = trainer.global_step
+        depth = self.model.depth
+        self._pre: list[Tensor | None] = [None] * depth
+        self._post: list[Tensor | None] = [None] * (depth - 1)
+        self._grads: list[Tensor | None] = [None] * depth
+        self._pending: dict[str, dict[str, Tensor]] = {}
+        self._before: list[Tensor] | None = None
+        self._handles = [lin.register_forward_hook(self._linear_hook(i)) for i, lin in enumerate(self.model.linears)]
+        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(self.model.activations)]
+
+    def _linear_hook(self, i: int):
+        def hook(module, inputs, out: Tensor) -> None:
+            self._pre[i] = out.detach()
+            if out.requires_grad and "gradients" in self.groups:
+                out.register_hook(lambda g: self._grads.__setitem__(i, g.detach()))
+
+        return hook
+
+    def _act_hook(self, i: int):
+        def hook(module, inputs, out: Tensor) -> None:
+            self._post[i] = out.detach()
+
+        return hook
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self._step is None:
+            return
+        weights = [lin.weight for lin in self.model.linears]
+        if "updates" in self.groups:
+            self._before = [w.detach().clone() for w in weights]
+        if "weight_grads" in self.groups and all(w.grad is not None for w in weights):
+            self._pending = stats.weight_stats([w.detach() for w in weights], [w.grad.detach() for w in weights])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        if self._step is None:
+            return
+        for handle in self._handles:
+            handle.remove()
+        step, self._step = self._step, None
+        weights = [lin.weight.detach() for lin in self.model.linears]
+        found: dict[str, dict[str, Tensor]] = {}
+        if all(t is not None for t in self._pre + self._post):
+            found |= stats.forward_stats(self._pre, self._post, self.model.activation)
+        if all(g is not None for g in self._grads):  # absent when the step was skipped (divergence)
+            found |= stats.gradient_stats(self._grads)
+        # Weights as they were when the batch was seen (before the update) where captured, else as they are.
+        found |= self._pending or stats.weight_stats(weights)
+        if self._before is not None:
+            before_std = self._pending["weights"]["std"] if self._pending else None
+            found |= stats.update_stats(self._before, weights, before_std)
+        self._record(step, {g: q for g, q in found.items() if g in self.groups})
+        if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
+            self._histograms(step)
+        self._pre = self._post = self._grads = self._before = None  # free the captured batch
+
+    # --- output ----------------------------------------------------------------------------------------------
+    def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:
+        keys = [(g, q) for g, quantities in found.items() for q in quantities]
+        tensors = [found[g][q].float() for g, q in keys]
+        values = torch.cat(tensors).cpu().numpy() if tensors else np.array([])  # the one host transfer
+        offsets = np.cumsum([0] + [len(t) for t in tensors])
+        scalars = []
+        for (group, quantity), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
+            per_layer = values[a:b]
+            self.history[(group, quantity)].append((step, per_layer))
+            for layer, value in enumerate(per_layer.tolist(), start=1):
+                if math.isfinite(value):  # non-finite: in the CSV and the nonfinite fractions, not the charts
+                    scalars.append(Summary.Value(tag=self._tag(group, quantity, layer), simple_value=value))
+                if self._csv is not None:
+                    self._csv_writer.writerow([step, layer, group, quantity, value])
+        if self._csv is not None:
+            self._csv.flush()
+        if self.writer is not None:
+            if not self._layout_written:
+                self.writer.add_custom_scalars(self.layout(keys))
+                self._layout_written = True
+            # One event holding every layer's values: a thousand separate add_scalar calls would each queue
+            # an event for TensorBoard's writer thread and make a logging step cost a tenth of a second.
+            self.writer.file_writer.add_summary(Summary(value=scalars), step)
+
+    def _tag(self, group: str, quantity: str, layer: int) -> str:
+        return f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
+
+    def _histograms(self, step: int) -> None:
+        if self.writer is None:
+            return
+        outputs = [*self._post, self._pre[-1]]  # each layer's output; the last one is the logits
+        parts = {"activations": outputs}
+        if all(g is not None for g in self._grads):
+            parts["gradients"] = self._grads
+        rows = torch.cat([stats.histograms(t) for t in parts.values()]).cpu().numpy()  # one host transfer
+        values = []
+        for (group, layer), row in zip(
+            [(g, i) for g, ts in parts.items() for i in range(1, len(ts) + 1)], rows, strict=True
+        ):
+            lo, hi, num, total, squares, counts = row[0], row[1], row[2], row[3], row[4], row[5:]
+            if num == 0:
+                continue
+            limits = (lo + (hi - lo) * np.arange(1, len(counts) + 1) / len(counts)).tolist()
+            tag = f"hist_{group}/layer_{layer:0{self.pad}d}"
+            values += histogram_raw(tag, lo, hi, num, total, squares, limits, counts.tolist()).value
+        self.writer.file_writer.add_summary(Summary(value=values), step)
+
+    @staticmethod
+    def layout(keys: Sequence[tuple[str, str]]) -> dict[str, dict[str, list]]:
+        """TensorBoard custom-scalars layout: one chart per quantity, each with a line per layer."""
+        layout: dict[str, dict[str, list]] = defaultdict(dict)
+        for group, quantity in keys:
+            layout[group][f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}/layer_\d+$"]]
+        return dict(layout)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._finish(trainer)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        if not (self.figures and self.history):
+            return
+        figures_dir = self.out_dir / "figures"
+        figures_dir.mkdir(exist_ok=True)
+        step = trainer.global_step
+        for name, fig in (
+            ("depth_profile", depth_profile_figure(self.history, self.model.activation, self.profile_points)),
+            ("heatmap", heatmap_figure(self.history)),
+        ):
+            if fig is None:
+                continue
+            fig.savefig(figures_dir / f"{name}.png", dpi=110)
+            if self.writer is not None:
+                self.writer.add_figure(f"figures/{name}", fig, step)  # closes the figure
+                self.writer.flush()
