@@ -39,8 +39,34 @@ def _use_log(series: list[np.ndarray]) -> bool:
     return bool(values.size) and values.min() > 0 and values.max() / values.min() > 10
 
 
-def depth_profile_figure(history: History, activation: str, points: int = 5) -> Figure | None:
-    """Each panel: a quantity against layer index, one line per logged step (init and a few later)."""
+THEORY_CURVES = {  # panel -> (predicted curve, its finite-width log sd) from LayerStats.prediction
+    ("preactivations", "sqr"): ("preactivations_sqr", "log_sd_preactivations"),
+    ("activations", "sqr"): ("activations_sqr", "log_sd_activations"),
+    ("gradients", "sqr"): ("gradients_sqr", None),
+}
+
+
+def _overlay_theory(ax, curve: np.ndarray, log_sd: np.ndarray | None) -> None:
+    """Predicted mean (dashed) and, where known, the band median * exp(+-2 sd) of its log-normal spread."""
+    layers = np.arange(1, len(curve) + 1)
+    ax.plot(layers, curve, "k--", lw=1.2, label="theory (init)")
+    if log_sd is not None:
+        median = curve * np.exp(-(log_sd**2) / 2)
+        ax.fill_between(
+            layers,
+            median * np.exp(-2 * log_sd),
+            median * np.exp(2 * log_sd),
+            color="0.6",
+            alpha=0.3,
+            label="theory +-2 sd (finite width)",
+        )
+
+
+def depth_profile_figure(
+    history: History, activation: str, points: int = 5, prediction: dict[str, np.ndarray] | None = None
+) -> Figure | None:
+    """Each panel: a quantity against layer index, one line per logged step (init and a few later), with the
+    theory's prediction at init overlaid where `prediction` has it."""
     health = "dead" if ("activations", "dead") in history else "saturated"
     panels = [(g, health if q == "health" else q, t) for g, q, t in PROFILE_PANELS]
     panels = [p for p in panels if (p[0], p[1]) in history]
@@ -56,6 +82,10 @@ def depth_profile_figure(history: History, activation: str, points: int = 5) -> 
         series = [_finite(records[s]) for s in chosen]
         for step, values, color in zip(chosen, series, colors, strict=True):
             ax.plot(np.arange(1, len(values) + 1), values, marker=".", color=color, label=f"step {step}")
+        curve, sd = THEORY_CURVES.get((group, quantity), (None, None))
+        if prediction and curve in prediction:
+            _overlay_theory(ax, prediction[curve], prediction.get(sd))
+            series.append(prediction[curve])
         if _use_log(series):
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)

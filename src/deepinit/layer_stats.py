@@ -24,7 +24,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.utils.tensorboard.summary import histogram_raw
 
-from deepinit import stats
+from deepinit import stats, theory
 from deepinit.figures import depth_profile_figure, heatmap_figure
 
 
@@ -37,7 +37,10 @@ class LayerStats(L.Callback):
         figures: bool = True,
         profile_points: int = 5,
         csv_file: str | None = "layer_stats.csv",
+        theory: dict[str, Any] | None = None,
     ) -> None:
+        """theory: the init scheme as `theory.predict_model` takes it (scheme, gain, std, bias_std); when given,
+        step 0 also logs the predicted profile, its finite-width band and ln(measured / predicted)."""
         unknown = set(groups) - set(stats.GROUPS)
         if unknown:
             raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
@@ -47,6 +50,8 @@ class LayerStats(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.groups = set(groups)
         self.figures, self.profile_points, self.csv_file = figures, profile_points, csv_file
+        self.theory = theory
+        self.prediction: dict[str, np.ndarray] = {}  # theory curves at step 0, for the figures
         # (group, quantity) -> [(step, values per layer)], kept for the figures
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
         self._step: int | None = None
@@ -84,6 +89,8 @@ class LayerStats(L.Callback):
 
     def _linear_hook(self, i: int):
         def hook(module, inputs, out: Tensor) -> None:
+            if i == 0:
+                self._input = inputs[0].detach()
             self._pre[i] = out.detach()
             if out.requires_grad and "gradients" in self.groups:
                 out.register_hook(lambda g: self._grads.__setitem__(i, g.detach()))
@@ -122,10 +129,32 @@ class LayerStats(L.Callback):
         if self._before is not None:
             before_std = self._pending["weights"]["std"] if self._pending else None
             found |= stats.update_stats(self._before, weights, before_std)
-        self._record(step, {g: q for g, q in found.items() if g in self.groups})
+        found = {g: q for g, q in found.items() if g in self.groups}
+        if self.theory is not None and not self.prediction and "preactivations" in found:
+            found |= self._predict(found)
+        self._record(step, found)
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._histograms(step)
-        self._pre = self._post = self._grads = self._before = None  # free the captured batch
+        self._pre = self._post = self._grads = self._before = self._input = None  # free the captured batch
+
+    def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+        """Theory at the first logging step (the initialization), next to what was just measured."""
+        input_sqr = self._input.flatten(1).double().square().mean().item()
+        pred, self.theory_note = theory.predict_model(self.model, input_sqr=input_sqr, **self.theory)
+        q, m = np.array(pred.q), np.array(pred.m)
+        measured_q = found["preactivations"]["sqr"].double().cpu().numpy()
+        curves = {
+            "preactivations_sqr": q,
+            "activations_sqr": m,
+            "log_sd_preactivations": np.array(pred.q_log_sd),
+            "log_sd_activations": np.array(pred.m_log_sd),
+            "log_ratio_preactivations_sqr": np.log(measured_q / q),
+        }
+        if "gradients" in found:  # anchored at the measured gradient of the logits
+            last = found["gradients"]["sqr"][-1].item()
+            curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
+        self.prediction = curves
+        return {"theory": {k: torch.as_tensor(v, dtype=torch.float32) for k, v in curves.items()}}
 
     # --- output ----------------------------------------------------------------------------------------------
     def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:
@@ -199,7 +228,10 @@ class LayerStats(L.Callback):
         figures_dir.mkdir(exist_ok=True)
         step = trainer.global_step
         for name, fig in (
-            ("depth_profile", depth_profile_figure(self.history, self.model.activation, self.profile_points)),
+            (
+                "depth_profile",
+                depth_profile_figure(self.history, self.model.activation, self.profile_points, self.prediction),
+            ),
             ("heatmap", heatmap_figure(self.history)),
         ):
             if fig is None:

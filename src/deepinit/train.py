@@ -122,7 +122,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datamodule, module, init_used = build(cfg)
         logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
-        callbacks = [LayerStats(**stats_cfg)] if stats_cfg.pop("enabled") else []
+        init_theory = {
+            "scheme": cfg.init.name,
+            "gain": init_used["gain"],
+            "std": cfg.init.get("std"),
+            "bias_std": cfg.init.get("bias_std"),
+        }
+        callbacks = [LayerStats(**stats_cfg, theory=init_theory)] if stats_cfg.pop("enabled") else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         device = trainer.strategy.root_device
         sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))

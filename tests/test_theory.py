@@ -1,0 +1,185 @@
+"""The theory module against THEORY.md's numbers, Monte Carlo (float64, fixed seeds) and real MNIST runs."""
+
+import csv
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_cfg
+from deepinit import theory
+from deepinit.init_schemes import activation_gain, initialize
+from deepinit.model import ACTIVATIONS, MLP
+from deepinit.train import run
+
+
+@pytest.mark.parametrize(
+    "activation, q, expected",
+    [("tanh", 1.0, 0.394294), ("tanh", 0.25, 0.173516), ("tanh", 4.0, 0.635261), ("sigmoid", 1.0, 0.293379)],
+)
+def test_second_moments_match_theory_md(activation, q, expected):
+    assert theory.second_moment(activation, q) == pytest.approx(expected, abs=2e-6)
+
+
+# selu: THEORY.md gives 1.071615; the closed form lambda^2 (1/2 + alpha^2 e^2 Phi(-2)) and a trapezoid
+# integral split at the derivative's jump both give 1.0715750 (the doc's figure is off by 4e-5, Monte Carlo-sized).
+@pytest.mark.parametrize(
+    "activation, expected", [("tanh", 0.464403), ("sigmoid", 0.044836), ("gelu", 0.455851), ("selu", 1.071575)]
+)
+def test_derivative_moments_match_theory_md(activation, expected):
+    assert theory.derivative_second_moment(activation, 1.0) == pytest.approx(expected, abs=2e-6)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "selu", "relu", "leaky_relu", "linear"])
+@pytest.mark.parametrize("q", [0.1, 1.0, 3.0])
+def test_closed_forms_agree_with_quadrature(activation, q):
+    fn = theory._phi(activation)
+    # selu itself has a kink at 0 (slopes lambda*alpha and lambda), where quadrature converges only to ~1e-5
+    rel = 1e-4 if activation == "selu" else 1e-9
+    assert theory.second_moment(activation, q) == pytest.approx(theory.gauss_expect(lambda x: fn(x) ** 2, q), rel=rel)
+
+
+def test_tanh_fixed_point_with_gain_5_3():
+    # THEORY.md 2: sigma_w^2 = 25/9 -> q* = 1.1785, m* = 0.42425, chi_1 = 1.2098
+    q = 1.0
+    for _ in range(500):
+        q = 25 / 9 * theory.second_moment("tanh", q)
+    assert q == pytest.approx(1.1785, abs=1e-4)
+    assert theory.second_moment("tanh", q) == pytest.approx(0.42425, abs=1e-5)
+    assert 25 / 9 * theory.derivative_second_moment("tanh", q) == pytest.approx(1.2098, abs=1e-4)
+
+
+def test_tanh_lecun_decays_like_one_over_2l():
+    depth = 2000
+    pred = theory.predict("tanh", [(1.0, 1.0)] * depth, [(256, 256)] * depth)
+    # THEORY.md 2: 1/m_L ~ 2L - (5/6) ln L + 1.11
+    assert 1 / pred.m[-1] == pytest.approx(2 * (depth - 1) - 5 / 6 * math.log(depth - 1) + 1.11, rel=2e-3)
+
+
+def test_relu_halves_under_xavier_and_holds_under_kaiming():
+    shapes = [(512, 512)] * 50
+    xavier = theory.predict("relu", [(1.0, 1.0)] * 50, shapes)
+    kaiming = theory.predict("relu", [(2.0, 2.0)] * 50, shapes)
+    assert xavier.m[-1] == pytest.approx(2.0**-49, rel=1e-12)  # m_49 = (1/2)^49 with m_0 = 1
+    assert kaiming.q == pytest.approx([2.0] * 50) and kaiming.chi == pytest.approx([1.0] * 49)
+    # THEORY.md 5: He + relu, n = 512, 50 layers: ln(m_50/m_0) has sd 0.70 (5 * 50 / 512 = 0.488 = 0.70^2)
+    assert kaiming.m_log_sd[-1] ** 2 == pytest.approx(5 * 49 / 512, rel=1e-6)
+
+
+def monte_carlo_q(activation, scheme, depth=12, width=256, draws=12, seed=0):
+    """Per-layer E h_l^2 over `draws` fresh networks (float64) on one N(0,1) batch; returns [draws, depth]."""
+    torch.manual_seed(seed)
+    x = torch.randn(32, 784, dtype=torch.float64)
+    rows = []
+    for _ in range(draws):
+        model = MLP(depth=depth, width=width, activation=activation).double()
+        gain = 1.0 if scheme in ("lecun", "xavier") else activation_gain(activation)
+        initialize(model, scheme, gain=gain)
+        with torch.no_grad():
+            h, row = x, []
+            for linear, act in model.layers():
+                h = linear(h)
+                row.append(h.square().mean().item())
+                h = act(h) if act is not None else h
+        rows.append(row)
+    return np.array(rows), model, gain
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("scheme", ["kaiming", "lecun", "xavier", "orthogonal"])
+def test_forward_prediction_against_monte_carlo(activation, scheme):
+    draws = 12
+    measured, model, gain = monte_carlo_q(activation, scheme, draws=draws)
+    pred, _ = theory.predict_model(model, scheme, gain, input_sqr=1.0)
+    ln_ratio = np.log(measured.mean(0) / np.array(pred.q))
+    # The mean over draws is unbiased; its log scatters by about (single-draw sd) / sqrt(draws). Four of those,
+    # plus a floor for the one shared input batch (32 samples: its m_0 scatters by sqrt(2 / (32 * 784))).
+    tol = 4 * np.array(pred.q_log_sd) / math.sqrt(draws) + 4 * math.sqrt(2 / (32 * 784))
+    assert np.all(np.abs(ln_ratio) < tol), (ln_ratio.round(3), tol.round(3))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "linear"])
+def test_backward_prediction_against_monte_carlo(activation):
+    torch.manual_seed(1)
+    depth, draws = 10, 12
+    x = torch.randn(64, 784, dtype=torch.float64)
+    ratios = []
+    for _ in range(draws):
+        model = MLP(depth=depth, width=256, activation=activation).double()
+        initialize(model, "kaiming")
+        outs = []
+        h = x
+        for linear, act in model.layers():
+            h = linear(h)
+            h.retain_grad()
+            outs.append(h)
+            h = act(h) if act is not None else h
+        h.square().sum().backward()  # any loss: the prediction is relative to the logits' gradient
+        g = [o.grad.square().mean().item() for o in outs]
+        ratios.append(np.array(g) / g[-1])
+    pred, _ = theory.predict_model(model, "kaiming", activation_gain(activation), input_sqr=1.0)
+    ln_ratio = np.log(np.mean(ratios, axis=0) / np.array(pred.grad_sqr))
+    # Backward products fluctuate like the forward ones: allow 4 forward-spread standard errors, depth-matched.
+    tol = 4 * np.array(pred.q_log_sd[::-1]) / math.sqrt(draws) + 0.05
+    assert np.all(np.abs(ln_ratio) < tol), (ln_ratio.round(3), tol.round(3))
+
+
+@pytest.mark.parametrize(
+    "activation, scheme, per_layer",
+    [("relu", "kaiming", 5), ("relu", "orthogonal", 3), ("linear", "kaiming", 2)],
+)
+def test_finite_width_spread_against_monte_carlo(activation, scheme, per_layer):
+    # THEORY.md 1f: Var ln(m_L/m_0) ~ per_layer * L / n for square layers, one input, fresh weights.
+    n, layers, draws = 64, 40, 300
+    torch.manual_seed(2)
+    logs = []
+    for _ in range(draws):
+        x = torch.randn(1, n, dtype=torch.float64)
+        m0 = x.square().mean()
+        for _ in range(layers):
+            w = torch.empty(n, n, dtype=torch.float64)
+            gain = math.sqrt(2) if activation == "relu" else 1.0
+            if scheme == "orthogonal":
+                torch.nn.init.orthogonal_(w, gain=gain)
+            else:
+                torch.nn.init.normal_(w, std=gain / math.sqrt(n))
+            x = x @ w.T
+            x = torch.relu(x) if activation == "relu" else x
+        logs.append(math.log(x.square().mean() / m0))
+    shapes = [(n, n)] * (layers + 1)
+    sigma = 2.0 if activation == "relu" else 1.0
+    pred = theory.predict(activation, [(sigma, sigma)] * (layers + 1), shapes, orthogonal=scheme == "orthogonal")
+    predicted_var = pred.m_log_sd[layers - 1] ** 2
+    assert predicted_var == pytest.approx(per_layer * layers / n, rel=0.05)
+    measured_var = np.var(logs, ddof=1)
+    # sampling sd of a variance estimate ~ var * sqrt(2 / (draws - 1)) (log-normal tails: allow 4 of them)
+    assert abs(measured_var - predicted_var) < 4 * predicted_var * math.sqrt(2 / (draws - 1)), measured_var
+    assert np.mean(logs) == pytest.approx(-predicted_var / 2, abs=4 * math.sqrt(predicted_var / draws))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["init=kaiming"], ["init=xavier"], ["init=lecun", "activation=tanh"], ["init=orthogonal", "activation=linear"]],
+)
+def test_step0_profile_on_real_mnist_lies_within_the_predicted_band(tmp_path, mnist_root, overrides):
+    cfg = compose_cfg(
+        *overrides,
+        "depth=50",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_checkpointing=false",
+        data_root=mnist_root,
+    )
+    assert run(cfg, tmp_path)["status"] == "ok"
+    table = defaultdict(dict)
+    with open(tmp_path / "layer_stats.csv") as f:
+        for row in csv.DictReader(f):
+            if row["step"] == "0" and row["group"] == "theory":
+                table[row["quantity"]][int(row["layer"])] = float(row["value"])
+    log_ratio, sd = table["log_ratio_preactivations_sqr"], table["log_sd_preactivations"]
+    assert sorted(log_ratio) == list(range(1, 51))
+    for layer in log_ratio:
+        # log-normal: the median sits sd^2/2 below the mean; the band is +-2 sd around it (as drawn)
+        assert abs(log_ratio[layer] + sd[layer] ** 2 / 2) <= 2 * sd[layer], (layer, log_ratio[layer], sd[layer])
