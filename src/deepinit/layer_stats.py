@@ -27,6 +27,8 @@ from torch.utils.tensorboard.summary import histogram_raw
 from deepinit import stats, theory
 from deepinit.figures import depth_profile_figure, heatmap_figure
 
+WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
+
 
 class LayerStats(L.Callback):
     def __init__(
@@ -38,9 +40,11 @@ class LayerStats(L.Callback):
         profile_points: int = 5,
         csv_file: str | None = "layer_stats.csv",
         theory: dict[str, Any] | None = None,
+        isometry_max_depth: int = 100,
     ) -> None:
         """theory: the init scheme as `theory.predict_model` takes it (scheme, gain, std, bias_std); when given,
-        step 0 also logs the predicted profile, its finite-width band and ln(measured / predicted)."""
+        step 0 also logs the predicted profile, its finite-width band and ln(measured / predicted), and, up to
+        isometry_max_depth layers, the input-output Jacobian's spectrum (dynamical isometry) beside its theory."""
         unknown = set(groups) - set(stats.GROUPS)
         if unknown:
             raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
@@ -50,7 +54,7 @@ class LayerStats(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.groups = set(groups)
         self.figures, self.profile_points, self.csv_file = figures, profile_points, csv_file
-        self.theory = theory
+        self.theory, self.isometry_max_depth = theory, isometry_max_depth
         self.prediction: dict[str, np.ndarray] = {}  # theory curves at step 0, for the figures
         # (group, quantity) -> [(step, values per layer)], kept for the figures
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
@@ -154,7 +158,19 @@ class LayerStats(L.Callback):
             last = found["gradients"]["sqr"][-1].item()
             curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
         self.prediction = curves
-        return {"theory": {k: torch.as_tensor(v, dtype=torch.float32) for k, v in curves.items()}}
+        out = {"theory": {k: torch.as_tensor(v, dtype=torch.float32) for k, v in curves.items()}}
+        depth = self.model.depth
+        if 4 <= depth <= self.isometry_max_depth:
+            # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
+            # probes each: the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
+            hidden = range(1, depth - 1)
+            pairs = [(self.model.linears[i], self.model.activations[i]) for i in hidden]
+            m1, s2 = stats.jacobian_spectrum(pairs, self._post[0][:16]).tolist()
+            expected = theory.isometry(self.model.activation, pred, hidden)
+            values = [m1, s2, expected["m1"], expected["s2"]]
+            names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
+            out["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}
+        return out
 
     # --- output ----------------------------------------------------------------------------------------------
     def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:
@@ -166,7 +182,8 @@ class LayerStats(L.Callback):
         for (group, quantity), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
             per_layer = values[a:b]
             self.history[(group, quantity)].append((step, per_layer))
-            for layer, value in enumerate(per_layer.tolist(), start=1):
+            first = 0 if group in WHOLE_NETWORK else 1  # whole-network values are layer 0 in the CSV
+            for layer, value in enumerate(per_layer.tolist(), start=first):
                 if math.isfinite(value):  # non-finite: in the CSV and the nonfinite fractions, not the charts
                     scalars.append(Summary.Value(tag=self._tag(group, quantity, layer), simple_value=value))
                 if self._csv is not None:
@@ -182,7 +199,7 @@ class LayerStats(L.Callback):
             self.writer.file_writer.add_summary(Summary(value=scalars), step)
 
     def _tag(self, group: str, quantity: str, layer: int) -> str:
-        return f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
+        return f"{group}/{quantity}" if group in WHOLE_NETWORK else f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
 
     def _histograms(self, step: int) -> None:
         if self.writer is None:
@@ -209,7 +226,8 @@ class LayerStats(L.Callback):
         """TensorBoard custom-scalars layout: one chart per quantity, each with a line per layer."""
         layout: dict[str, dict[str, list]] = defaultdict(dict)
         for group, quantity in keys:
-            layout[group][f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}/layer_\d+$"]]
+            layers = "" if group in WHOLE_NETWORK else r"/layer_\d+"
+            layout[group][f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}{layers}$"]]
         return dict(layout)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

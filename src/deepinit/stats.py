@@ -145,3 +145,27 @@ def _histogram_rows(stacked: Tensor) -> Tensor:
 def histograms(tensors: Sequence[Tensor]) -> Tensor:
     """Per tensor, the parts of a TensorBoard histogram of its finite values: [n, 5 + HISTOGRAM_BINS]."""
     return rowwise(tensors, _histogram_rows)
+
+
+def jacobian_spectrum(layers: Sequence[tuple[torch.nn.Module, torch.nn.Module]], x: Tensor, probes: int = 16) -> Tensor:
+    """Mean m1 and normalized spread s^2 = var / m1^2 of the eigenvalues of J J^T, J = d x_out / d x_in of the
+    square hidden stack `layers` ((linear, activation) pairs), from Hutchinson probes: m1 ~ ||J u||^2 / n (a
+    jvp), m2 ~ ||J^T J u||^2 / n (then a vjp). Each row of x has its own J (the activations' slopes depend
+    on the input, and MNIST digits differ in scale), so s^2 is taken per row and then averaged: pooling rows
+    would add the spread between inputs to the spread the theory describes. Returns tensor([m1, s2])."""
+
+    def stack(h: Tensor) -> Tensor:
+        for linear, act in layers:
+            h = act(linear(h))
+        return h
+
+    rows, n = x.shape
+    x = x.detach().repeat_interleave(probes, dim=0)
+    u = torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(0), device=x.device, dtype=x.dtype)
+    with torch.enable_grad():
+        _, ju = torch.func.jvp(stack, (x,), (u,))
+        _, pullback = torch.func.vjp(stack, x)
+        (jtju,) = pullback(ju)
+    m1 = (ju.square().sum(1) / n).view(rows, probes).mean(1)
+    m2 = (jtju.square().sum(1) / n).view(rows, probes).mean(1)
+    return torch.stack([m1.mean(), (m2 / m1.square() - 1).mean()])

@@ -153,6 +153,8 @@ class Prediction:
     chi: list[float]  # per-layer backward factor E g_l^2 / E g_{l+1}^2 (length L-1)
     q_log_sd: list[float]  # finite-width sd of ln q_l around ln of the mean (whose median is lower by sd^2/2)
     m_log_sd: list[float]  # the same for ln m_l
+    sigma_w2: list[float]  # forward sigma_w^2 per layer, as used
+    orthogonal: bool
 
 
 def _ratio_log_var(kurtosis: float, fan_in: int, fan_out: int, orthogonal: bool) -> float:
@@ -206,6 +208,8 @@ def predict(
         chi=chi,
         q_log_sd=[math.sqrt(v) for v in q_var],
         m_log_sd=[math.sqrt(v) for v in m_var],
+        sigma_w2=[s[0] for s in sigma_w2],
+        orthogonal=orthogonal,
     )
 
 
@@ -228,3 +232,17 @@ def predict_model(
         sigma_b2 = bias_std**2
     orthogonal = scheme in ("orthogonal", "lsuv")
     return predict(model.activation, sigma_w2, shapes, input_sqr, sigma_b2, orthogonal), note
+
+
+def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, float]:
+    """THEORY.md 4 (Pennington, Schoenholz & Ganguli 2017): for J over `layers` (0-based, square), the mean
+    squared singular value m1 = prod sigma_w^2 mu1 and the spread s^2 ~ sum (v_W + v_D), v_W = 1 for
+    Gaussian and 0 for orthogonal weights, v_D = mu2 / mu1^2 - 1 with mu_k = E phi'(h)^(2k)."""
+    m1, s2 = 1.0, 0.0
+    dphi = _dphi(activation)
+    for layer in layers:
+        mu1 = derivative_second_moment(activation, pred.q[layer])
+        mu2 = gauss_expect(lambda x: dphi(x) ** 4, pred.q[layer])
+        m1 *= pred.sigma_w2[layer] * mu1
+        s2 += (0.0 if pred.orthogonal else 1.0) + mu2 / mu1**2 - 1
+    return {"m1": m1, "s2": s2}
