@@ -48,3 +48,15 @@ def read_events(run_dir: Path):
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     return acc
+
+
+def read_csv(run_dir: Path) -> dict:
+    """layer_stats.csv as {(step, group, quantity): {layer: value}}."""
+    import csv
+    from collections import defaultdict
+
+    table: dict = defaultdict(dict)
+    with open(run_dir / "layer_stats.csv") as f:
+        for row in csv.DictReader(f):
+            table[(int(row["step"]), row["group"], row["quantity"])][int(row["layer"])] = float(row["value"])
+    return table

@@ -1,28 +1,18 @@
 """LayerStats on real MNIST runs: values read back from disk against direct computation."""
 
 import copy
-import csv
 import math
-from collections import defaultdict
 
 import pytest
 import torch
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from conftest import compose_cfg, read_events
+from conftest import compose_cfg, read_csv, read_events
 from deepinit import stats
 from deepinit.model import ACTIVATIONS
 from deepinit.train import build, run
 
 QUICK = ["trainer.limit_val_batches=0", "trainer.enable_checkpointing=true", "width=64"]
-
-
-def read_csv(run_dir):
-    table = defaultdict(dict)  # (step, group, quantity) -> {layer: value}
-    with open(run_dir / "layer_stats.csv") as f:
-        for row in csv.DictReader(f):
-            table[(int(row["step"]), row["group"], row["quantity"])][int(row["layer"])] = float(row["value"])
-    return table
 
 
 def final_weights(run_dir):

@@ -1,14 +1,12 @@
 """The theory module against THEORY.md's numbers, Monte Carlo (float64, fixed seeds) and real MNIST runs."""
 
-import csv
 import math
-from collections import defaultdict
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg
+from conftest import compose_cfg, read_csv
 from deepinit import stats, theory
 from deepinit.init_schemes import activation_gain, initialize
 from deepinit.model import ACTIVATIONS, MLP
@@ -173,12 +171,9 @@ def test_step0_profile_on_real_mnist_lies_within_the_predicted_band(tmp_path, mn
         data_root=mnist_root,
     )
     assert run(cfg, tmp_path)["status"] == "ok"
-    table = defaultdict(dict)
-    with open(tmp_path / "layer_stats.csv") as f:
-        for row in csv.DictReader(f):
-            if row["step"] == "0" and row["group"] == "theory":
-                table[row["quantity"]][int(row["layer"])] = float(row["value"])
-    log_ratio, sd = table["log_ratio_preactivations_sqr"], table["log_sd_preactivations"]
+    table = read_csv(tmp_path)
+    log_ratio = table[(0, "theory", "log_ratio_preactivations_sqr")]
+    sd = table[(0, "theory", "log_sd_preactivations")]
     assert sorted(log_ratio) == list(range(1, 51))
     for layer in log_ratio:
         # log-normal: the median sits sd^2/2 below the mean; the band is +-2 sd around it (as drawn)
