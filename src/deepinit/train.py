@@ -106,6 +106,7 @@ def build(
         datamodule.setup("fit")
     model = MLP(depth=cfg.depth, width=cfg.width, activation=cfg.activation, bias=cfg.bias)
     init_cfg = OmegaConf.to_container(cfg.init, resolve=True)
+    # Data-dependent schemes (lsuv) name the size of the real training batch they measure on.
     batch = datamodule.sample_batch(init_cfg.pop("batch_size"), seed=cfg.seed) if "batch_size" in init_cfg else None
     init_used = initialize(model, batch=batch, **init_cfg)
     return datamodule, Classifier(model, instantiate(cfg.optim)), init_used
