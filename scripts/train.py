@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deepinit.provision import DataError
@@ -21,12 +22,18 @@ log = logging.getLogger("deepinit")
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
     try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")  # exit status 1, the message alone on stderr
-    except DataError as e:
-        sys.exit(f"data error: {e}")
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except Exception as e:
+        message = f"{'data error' if isinstance(e, DataError) else 'error'}: {e}"
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # One job's failure is a row of the sweep report (its summary.json says failed), not the sweep's end.
+            log.error(f"job {hydra_cfg.job.num} failed: {message}")
+            return
+        if isinstance(e, ConfigError | DataError):
+            sys.exit(message)  # exit status 1, the message alone on stderr
+        raise
     log.info(describe_end(summary, Path(cfg.runs_dir)))
 
 

@@ -29,7 +29,9 @@ def mnist_module(mnist_root):
 def train_cli(*overrides: str, runs_dir: Path, data_root: Path | None = None, timeout: int = 600):
     """Run scripts/train.py exactly as a user would; returns the CompletedProcess."""
     env = {**os.environ, "DEEPINIT_DATA": str(data_root or DATA_ROOT), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs_dir}", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's -m must come before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}", *rest]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
 

@@ -152,5 +152,8 @@ def test_divergence_is_reported_at_the_layer_the_message_names(tmp_path, mnist_r
     first_bad = min(layer for layer, frac in outputs.items() if frac > 0)
     assert first_bad == summary["divergence"]["layer"]
     events = read_events(tmp_path)
-    assert all(math.isfinite(e.value) for tag in events.Tags()["scalars"] for e in events.Scalars(tag))
+    # Layer statistics keep non-finite values out of the charts (the run's final/* HParams metrics are NaN
+    # where a diverged run measured nothing, e.g. final/test_acc: that is the table's "not measured").
+    stat_tags = [t for t in events.Tags()["scalars"] if t.split("/")[0] in {*stats.GROUPS, "theory", "isometry"}]
+    assert stat_tags and all(math.isfinite(e.value) for tag in stat_tags for e in events.Scalars(tag))
     assert (tmp_path / "figures" / "depth_profile.png").exists()

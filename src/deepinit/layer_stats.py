@@ -27,6 +27,7 @@ from torch.utils.tensorboard.summary import histogram_raw
 from deepinit import stats, theory
 from deepinit.figures import depth_profile_figure, heatmap_figure
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
 
 
@@ -158,7 +159,7 @@ class LayerStats(L.Callback):
             last = found["gradients"]["sqr"][-1].item()
             curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
         self.prediction = curves
-        out = {"theory": {k: torch.as_tensor(v, dtype=torch.float32) for k, v in curves.items()}}
+        out = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
         depth = self.model.depth
         if 4 <= depth <= self.isometry_max_depth:
             # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
@@ -175,7 +176,7 @@ class LayerStats(L.Callback):
     # --- output ----------------------------------------------------------------------------------------------
     def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:
         keys = [(g, q) for g, quantities in found.items() for q in quantities]
-        tensors = [found[g][q].float() for g, q in keys]
+        tensors = [found[g][q].double() for g, q in keys]
         values = torch.cat(tensors).cpu().numpy() if tensors else np.array([])  # the one host transfer
         offsets = np.cumsum([0] + [len(t) for t in tensors])
         scalars = []
@@ -184,7 +185,8 @@ class LayerStats(L.Callback):
             self.history[(group, quantity)].append((step, per_layer))
             first = 0 if group in WHOLE_NETWORK else 1  # whole-network values are layer 0 in the CSV
             for layer, value in enumerate(per_layer.tolist(), start=first):
-                if math.isfinite(value):  # non-finite: in the CSV and the nonfinite fractions, not the charts
+                # Non-finite (or beyond float32, which TensorBoard stores): in the CSV only, not the charts.
+                if math.isfinite(value) and abs(value) < FLOAT32_MAX:
                     scalars.append(Summary.Value(tag=self._tag(group, quantity, layer), simple_value=value))
                 if self._csv is not None:
                     self._csv_writer.writerow([step, layer, group, quantity, value])

@@ -62,8 +62,11 @@ def _std(stacked: Tensor) -> Tensor:
 
 
 def _moment_rows(stacked: Tensor) -> Tensor:
-    """[k, ...] -> [k, 4]: mean, std, mean square, non-finite fraction."""
-    t = stacked.flatten(1)
+    """[k, ...] -> [k, 4]: mean, std, mean square, non-finite fraction.
+
+    In float64: an exploding network's h passes 1.8e19, where h^2 overflows float32, some 20 layers before h
+    itself does, and the study wants that explosion charted up to the layer where the network really breaks."""
+    t = stacked.flatten(1).double()
     mean, sqr, std = _mean_sqr_std(t)
     return torch.stack([mean, std, sqr, (~torch.isfinite(t)).float().mean(1)], dim=1)
 

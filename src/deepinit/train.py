@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,19 @@ warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
 class ConfigError(ValueError):
     """A setting the study cannot run with; the message names it and the valid choices."""
+
+
+class RunLogger(TensorBoardLogger):
+    """One event file per run. Lightning finalizes (closes) its logger after fit and again after test, and a
+    closed writer reopens as a new event file on the next write; here those only flush, and `close` ends the
+    writer once, when the run is over (failures included)."""
+
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self._experiment.flush()
+
+    def close(self, status: str) -> None:
+        super().finalize(status)
 
 
 def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
@@ -117,11 +131,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     start = time.time()
     summary: dict[str, Any] = {"status": "failed", "reason": None, "config": None, "run_dir": str(run_dir)}
+    logger: RunLogger | None = None
     try:
         validate(cfg)
         summary["config"] = _essentials(cfg)
         datamodule, module, init_used = build(cfg)
-        logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+        logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
         init_theory = {
             "scheme": cfg.init.name,
@@ -161,6 +176,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_loss": _scalar(metrics, "train/loss"),
         }
         summary.update(init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device))
+        summary["hparams_metrics"] = hparams_metrics(summary, callbacks[0] if callbacks else None)
+        # Once, at the end, with the final metrics: TensorBoard's HParams columns come from the first hparams
+        # summary a run writes, so an early one (without metrics) would hide them.
+        logger.log_hyperparams(summary["config"], summary["hparams_metrics"], step=trainer.global_step)
     except (ConfigError, DataError) as e:
         summary["reason"] = str(e)
         raise
@@ -168,10 +187,33 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["reason"] = f"{type(e).__name__}: {e}"
         raise
     finally:
+        if logger is not None:
+            logger.close(summary["status"])
         summary["wall_time_s"] = round(time.time() - start, 2)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
     return summary
+
+
+def hparams_metrics(summary: dict[str, Any], layer_stats: LayerStats | None) -> dict[str, float]:
+    """The run's final metrics as TensorBoard's HParams dashboard ranks them (NaN where not measured)."""
+    nan = float("nan")
+    m = summary.get("metrics") or {}
+    divergence = summary.get("divergence") or {}
+    out = {
+        f"final/{k}": nan if m.get(k) is None else float(m[k])
+        for k in ("test_acc", "test_loss", "best_val_acc", "val_acc", "train_loss")
+    }
+    out["final/diverged"] = float(summary["status"] == "diverged")
+    out["final/divergence_step"] = float(divergence.get("step", -1))
+    # Step-0 diagnostics of the init itself: how far the forward signal and the gradient drift across depth.
+    history = layer_stats.history if layer_stats is not None else {}
+    act = dict(history.get(("activations", "sqr"), [])).get(0)
+    grad = dict(history.get(("gradients", "sqr"), [])).get(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["final/step0_ln_act_sqr_last_over_first"] = float(np.log(act[-1] / act[0])) if act is not None else nan
+        out["final/step0_ln_grad_sqr_first_over_last"] = float(np.log(grad[0] / grad[-1])) if grad is not None else nan
+    return out
 
 
 def _finite(obj: Any) -> Any:

@@ -1,0 +1,20 @@
+"""Write the sweep report (report.csv, report.md, report_*.png, TensorBoard) for a finished or partial sweep.
+
+    python scripts/summarize.py runs/sweep_20261123-101500
+
+A multirun of scripts/train.py does this by itself when it ends (deepinit.report.SweepReport).
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from deepinit.report import summarize
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit(f"usage: python scripts/summarize.py <sweep folder>  (got: {' '.join(sys.argv[1:]) or 'nothing'})")
+    rows = summarize(Path(sys.argv[1]))
+    if not rows:
+        sys.exit(f"error: no run folders (with .hydra/) under {sys.argv[1]}")

@@ -1,0 +1,221 @@
+"""The sweep report: every run of a multirun in one table and a few figures, written into the sweep folder.
+
+`summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes
+`report.csv`, `report.md` and `report_*.png`, and logs the figures to TensorBoard under `<sweep>/report`.
+`SweepReport` is the Hydra callback that calls it when a multirun ends; scripts/summarize.py calls it by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from deepinit.figures import plt
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "job", "status", "init", "activation", "depth", "width", "optimizer", "lr", "seed", "test_acc", "best_val_acc",
+    "test_loss", "divergence_step", "divergence_layer", "wall_time_s", "reason",
+]  # fmt: skip
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder (a folder holding .hydra/); a job that wrote no summary.json is 'missing'."""
+    rows = []
+    for job in sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra")):
+        path = job / "summary.json"
+        if not path.exists():
+            rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)"})
+            continue
+        summary = json.loads(path.read_text())
+        config, metrics = summary.get("config") or {}, summary.get("metrics") or {}
+        divergence = summary.get("divergence") or {}
+        rows.append(
+            {
+                "job": job.name,
+                "status": summary["status"],
+                **{k: config.get(k) for k in ("init", "activation", "depth", "width", "optimizer", "lr", "seed")},
+                **{k: metrics.get(k) for k in ("test_acc", "best_val_acc", "test_loss")},
+                "divergence_step": divergence.get("step"),
+                "divergence_layer": divergence.get("layer"),
+                "wall_time_s": summary.get("wall_time_s"),
+                "reason": summary.get("reason"),
+                "_dir": job,
+            }
+        )
+    return rows
+
+
+def _step0_profiles(job: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Measured and predicted pre-activation mean square per layer at step 0, from layer_stats.csv."""
+    path = job / "layer_stats.csv"
+    if not path.exists():
+        return None
+    found: dict[str, dict[int, float]] = defaultdict(dict)
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row["step"] != "0":
+                break  # rows are written step by step: step 0 comes first
+            if (row["group"], row["quantity"]) in (("preactivations", "sqr"), ("theory", "preactivations_sqr")):
+                found[row["group"]][int(row["layer"])] = float(row["value"])
+    if "preactivations" not in found:
+        return None
+    layers = sorted(found["preactivations"])
+    predicted = [found["theory"].get(layer, math.nan) for layer in layers]
+    return np.array([found["preactivations"][layer] for layer in layers]), np.array(predicted)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite)) if len(finite) > 1 else 0.0
+
+
+def _accuracy_grid(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[float]]:
+    """(activation, init, depth) -> test accuracies over seeds; diverged and failed runs count as missing."""
+    grid: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("init") is not None and r.get("depth") is not None:
+            acc = r.get("test_acc") if r["status"] == "ok" else None
+            grid[(r["activation"], r["init"], r["depth"])].append(acc)
+    return grid
+
+
+def accuracy_figure(rows: list[dict[str, Any]]):
+    """Test accuracy against depth, one line per init (mean and spread over seeds), a panel per activation."""
+    grid = _accuracy_grid(rows)
+    activations = sorted({a for a, _, _ in grid})
+    if not activations:
+        return None
+    fig, axes = plt.subplots(1, len(activations), figsize=(6 * len(activations), 4.2), squeeze=False)
+    for ax, activation in zip(axes.flat, activations, strict=True):
+        for init in sorted({i for a, i, _ in grid if a == activation}):
+            depths = sorted(d for a, i, d in grid if a == activation and i == init)
+            stats = [_mean_sd(grid[(activation, init, d)]) for d in depths]
+            ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=init)
+        ax.set(xlabel="depth", ylabel="test accuracy", title=activation, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(rows: list[dict[str, Any]]):
+    """Mean test accuracy, init x depth (activations side by side); blank where every seed diverged or failed."""
+    grid = _accuracy_grid(rows)
+    activations = sorted({a for a, _, _ in grid})
+    if not activations:
+        return None
+    fig, axes = plt.subplots(1, len(activations), figsize=(5 + 4 * len(activations), 4.5), squeeze=False)
+    for ax, activation in zip(axes.flat, activations, strict=True):
+        inits = sorted({i for a, i, _ in grid if a == activation})
+        depths = sorted({d for a, _, d in grid if a == activation})
+        values = np.array([[_mean_sd(grid.get((activation, i, d), []))[0] for d in depths] for i in inits])
+        image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+        ax.set_yticks(range(len(inits)), inits)
+        for (y, x), v in np.ndenumerate(values):
+            ax.text(
+                x,
+                y,
+                "diverged" if math.isnan(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if math.isnan(v) or v < 0.5 else "black",
+            )
+        ax.set(xlabel="depth", title=f"test accuracy ({activation})")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def profiles_figure(rows: list[dict[str, Any]]):
+    """Step-0 pre-activation mean square against layer for every run (log scale), theory dashed beside it."""
+    profiles = [(r, p) for r in rows if "_dir" in r and (p := _step0_profiles(r["_dir"])) is not None]
+    if not profiles:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    labels = sorted({(r["init"], r["activation"]) for r, _ in profiles})
+    for r, (measured, predicted) in profiles:
+        color = colors[labels.index((r["init"], r["activation"])) % 10]
+        layers = np.arange(1, len(measured) + 1)
+        with np.errstate(invalid="ignore"):
+            ax.plot(
+                layers,
+                np.where(np.isfinite(measured) & (measured > 0), measured, np.nan),
+                color=color,
+                lw=1.2,
+                label=f"{r['init']}, {r['activation']}",
+            )
+            ax.plot(
+                layers, np.where(np.isfinite(predicted) & (predicted > 0), predicted, np.nan), "--", color=color, lw=0.8
+            )
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="layer",
+        ylabel="pre-activation mean square q_l at step 0",
+        title="Step-0 depth profiles: measured (solid) and theory (dashed)",
+    )
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))  # one entry per (init, activation), however many seeds
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write report.csv, report.md and report_*.png into the sweep folder (and to TensorBoard); return the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        return rows  # not a sweep folder: write nothing into it
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    counts = defaultdict(int)
+    for r in rows:
+        counts[r["status"]] += 1
+    head = f"# Sweep report: {sweep_dir.name}\n\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    (sweep_dir / "report.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(sweep_dir / "report"))
+    for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):
+        fig = make(rows)
+        if fig is not None:
+            fig.savefig(sweep_dir / f"report_{name}.png", dpi=110)
+            writer.add_figure(f"report/{name}", fig)
+    writer.close()
+    log.info(f"sweep report: {head.splitlines()[-1]}; {sweep_dir / 'report.md'}")
+    return rows
+
+
+class SweepReport(Callback):
+    """Hydra callback: write the sweep report when a multirun ends (whatever happened to its jobs)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(Path(config.hydra.sweep.dir))

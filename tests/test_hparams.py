@@ -1,0 +1,56 @@
+"""HParams: each run's hyperparameters and final metrics, read back from its (single) event file."""
+
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import compose_cfg, read_events
+from deepinit.train import run
+
+
+def hparams_data(run_dir):
+    """(session-start hparams, metric tags of the experiment) from the hparams plugin's summaries."""
+    (events,) = run_dir.glob("events.out.tfevents.*")  # one file: no writer reopened after a close
+    start, metrics = None, None
+    for event in EventFileLoader(str(events)).Load():
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name != "hparams":
+                continue
+            data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            if data.HasField("session_start_info"):
+                assert start is None, "hparams written twice: the dashboard would take the first"
+                start = {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+            if data.HasField("experiment"):
+                metrics = [m.name.tag for m in data.experiment.metric_infos]
+    return start, metrics
+
+
+@pytest.mark.parametrize("init, depth, status", [("kaiming", 6, "ok"), ("normal", 50, "diverged")])
+def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, status):
+    cfg = compose_cfg(
+        f"init={init}",
+        f"depth={depth}",
+        "trainer.max_steps=30",
+        "trainer.limit_val_batches=2",
+        "+trainer.val_check_interval=10",
+        data_root=mnist_root,
+    )
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == status
+    start, metrics = hparams_data(tmp_path)
+    assert start["init"] == init and start["depth"] == depth and start["optimizer"] == "adam"
+    assert start["lr"] == pytest.approx(3e-4) and start["activation"] == "relu" and start["data"] == "MNIST"
+    assert set(metrics) == set(summary["hparams_metrics"]) and "hp_metric" not in metrics
+    events = read_events(tmp_path)
+    final = {tag: events.Scalars(tag)[-1].value for tag in metrics}
+    assert final["final/diverged"] == (status == "diverged")
+    if status == "ok":
+        assert final["final/test_acc"] == pytest.approx(summary["metrics"]["test_acc"])
+        assert final["final/divergence_step"] == -1
+        # kaiming + relu holds the forward signal: ln(m_last / m_first) at step 0 is within the band's few sd
+        assert abs(final["final/step0_ln_act_sqr_last_over_first"]) < 1
+    else:
+        assert math.isnan(final["final/test_acc"]) and final["final/divergence_step"] == 0
+    assert "hp_metric" not in events.Tags()["scalars"]
