@@ -48,3 +48,21 @@ def test_a_failing_job_is_a_row_not_the_end_of_the_sweep(tmp_path, mnist_root):
     assert rows["1"]["status"] == "ok"
     failed = json.loads(next(sweep.glob("0_*/summary.json")).read_text())
     assert failed["status"] == "failed"
+
+
+def test_seed_repeats_aggregate_as_mean_and_spread():
+    from deepinit.report import aggregate_lines
+
+    base = {"init": "kaiming", "activation": "relu", "depth": 50}
+    rows = [
+        {**base, "status": "ok", "test_acc": 0.90, "seed": 0},
+        {**base, "status": "ok", "test_acc": 0.94, "seed": 1},
+        {**base, "status": "diverged", "test_acc": None, "seed": 2},
+        {**base, "init": "normal", "status": "failed", "test_acc": None, "seed": 0},
+    ]
+    header, rule, *body = aggregate_lines(rows)
+    assert "mean +- sd" in header
+    assert body == [
+        "| kaiming | relu | 50 | 3 | 2 | 1 | 0 | 0.9200 +- 0.0200 |",
+        "| normal | relu | 50 | 1 | 0 | 0 | 1 |  |",
+    ]

@@ -177,6 +177,27 @@ def profiles_figure(rows: list[dict[str, Any]]):
     return fig
 
 
+def aggregate_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: per (init, activation, depth), test accuracy mean +- sd over the seeds that finished ok."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("init") is not None:
+            groups[(r["init"], r["activation"], r["depth"])].append(r)
+    lines = [
+        "| init | activation | depth | runs | ok | diverged | failed | test acc (mean +- sd over ok runs) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for (init, activation, depth), members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        n = {s: sum(m["status"] == s for m in members) for s in ("ok", "diverged", "failed")}
+        mean, sd = _mean_sd([m.get("test_acc") for m in members if m["status"] == "ok"])
+        acc = "" if math.isnan(mean) else f"{mean:.4f} +- {sd:.4f}"
+        lines.append(
+            f"| {init} | {activation} | {depth} | {len(members)} | {n['ok']} | {n['diverged']} | "
+            f"{n['failed']} | {acc} |"
+        )
+    return lines
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
@@ -199,7 +220,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for r in rows:
         counts[r["status"]] += 1
     head = f"# Sweep report: {sweep_dir.name}\n\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    (sweep_dir / "report.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
+    text = [head, "## Over seeds", *aggregate_lines(rows), "## Every run", *lines]
+    (sweep_dir / "report.md").write_text("\n\n".join(text[:4]) + "\n\n" + "\n".join(text[4:]) + "\n")
 
     from torch.utils.tensorboard import SummaryWriter
 
