@@ -92,14 +92,23 @@ def _accuracy_grid(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], lis
     return grid
 
 
-def accuracy_figure(rows: list[dict[str, Any]]):
-    """Test accuracy against depth, one line per init (mean and spread over seeds), a panel per activation."""
+def _panels(rows: list[dict[str, Any]], size):
+    """The accuracy grid and, if it has any runs, a figure with one panel per activation: (fig, [(ax, act)])."""
     grid = _accuracy_grid(rows)
     activations = sorted({a for a, _, _ in grid})
     if not activations:
+        return grid, None
+    fig, axes = plt.subplots(1, len(activations), figsize=size(len(activations)), squeeze=False)
+    return grid, (fig, list(zip(axes.flat, activations, strict=True)))
+
+
+def accuracy_figure(rows: list[dict[str, Any]]):
+    """Test accuracy against depth, one line per init (mean and spread over seeds), a panel per activation."""
+    grid, panels = _panels(rows, lambda n: (6 * n, 4.2))
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(activations), figsize=(6 * len(activations), 4.2), squeeze=False)
-    for ax, activation in zip(axes.flat, activations, strict=True):
+    fig, pairs = panels
+    for ax, activation in pairs:
         for init in sorted({i for a, i, _ in grid if a == activation}):
             depths = sorted(d for a, i, d in grid if a == activation and i == init)
             stats = [_mean_sd(grid[(activation, init, d)]) for d in depths]
@@ -113,12 +122,11 @@ def accuracy_figure(rows: list[dict[str, Any]]):
 
 def heatmap_figure(rows: list[dict[str, Any]]):
     """Mean test accuracy, init x depth (activations side by side); blank where every seed diverged or failed."""
-    grid = _accuracy_grid(rows)
-    activations = sorted({a for a, _, _ in grid})
-    if not activations:
+    grid, panels = _panels(rows, lambda n: (5 + 4 * n, 4.5))
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(activations), figsize=(5 + 4 * len(activations), 4.5), squeeze=False)
-    for ax, activation in zip(axes.flat, activations, strict=True):
+    fig, pairs = panels
+    for ax, activation in pairs:
         inits = sorted({i for a, i, _ in grid if a == activation})
         depths = sorted({d for a, _, d in grid if a == activation})
         values = np.array([[_mean_sd(grid.get((activation, i, d), []))[0] for d in depths] for i in inits])
@@ -133,7 +141,7 @@ def heatmap_figure(rows: list[dict[str, Any]]):
                 ha="center",
                 va="center",
                 fontsize=8,
-                color="white" if math.isnan(v) or v < 0.5 else "black",
+                color="white" if v < 0.5 else "black",
             )
         ax.set(xlabel="depth", title=f"test accuracy ({activation})")
         fig.colorbar(image, ax=ax)
