@@ -29,7 +29,9 @@ def main(cfg: DictConfig) -> None:
         message = f"{'data error' if isinstance(e, DataError) else 'error'}: {e}"
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # One job's failure is a row of the sweep report (its summary.json says failed), not the sweep's end.
-            log.error(f"job {hydra_cfg.job.num} failed: {message}")
+            # Bad input is one line; anything else is a bug, whose traceback goes to the job's log.
+            expected = isinstance(e, ConfigError | DataError)
+            log.error(f"job {hydra_cfg.job.num} failed: {message}", exc_info=not expected)
             return
         if isinstance(e, ConfigError | DataError):
             sys.exit(message)  # exit status 1, the message alone on stderr
