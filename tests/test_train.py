@@ -4,9 +4,8 @@ import json
 import shutil
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import train_cli
+from conftest import read_events, train_cli
 
 
 def only_run(runs_dir):
@@ -15,9 +14,8 @@ def only_run(runs_dir):
 
 
 def scalars(run_dir, tag):
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    events = read_events(run_dir)
+    return [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
 
 
 def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
