@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deepinit.provision import DataError
+from deepinit.sweep import clear_attempt, finished_summary, sweep_name
 from deepinit.train import ConfigError, check_group_choices, describe_end, run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -23,8 +24,17 @@ log = logging.getLogger("deepinit")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # A rerun of the same sweep command lands in the same folders: finish what is missing, keep what is done.
+        done = finished_summary(run_dir, cfg)
+        if done is not None and not cfg.force:
+            log.info(f"job {hydra_cfg.job.num} skipped: {done['status']} in an earlier run (force=true reruns it)")
+            return
+        if removed := clear_attempt(run_dir):
+            log.info(f"job {hydra_cfg.job.num}: replacing an earlier attempt ({', '.join(removed)})")
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = run(cfg, run_dir)
     except Exception as e:
         message = f"{'data error' if isinstance(e, DataError) else 'error'}: {e}"
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -39,9 +49,21 @@ def main(cfg: DictConfig) -> None:
     log.info(describe_end(summary, Path(cfg.runs_dir)))
 
 
+def name_the_sweep(argv: list[str]) -> None:
+    """In a multirun, add sweep_name=<named by the overrides> unless the command names its sweep folder."""
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    task = [o for o in overrides if not o.startswith("hydra")]
+    named = any(o.startswith(("sweep_name=", "hydra.sweep.dir=")) for o in overrides)
+    if {"-m", "--multirun"} & set(argv) and not named:
+        # beside the other overrides: argparse takes them as one run of positional arguments
+        at = max((i + 1 for i, a in enumerate(argv) if a in overrides), default=len(argv))
+        argv.insert(at, f"sweep_name='{sweep_name(task)}'")
+
+
 if __name__ == "__main__":
     try:
         check_group_choices(sys.argv[1:], CONF_DIR)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    name_the_sweep(sys.argv)
     main()

@@ -233,6 +233,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     from torch.utils.tensorboard import SummaryWriter
 
+    for stale in (sweep_dir / "report").glob("events.out.tfevents.*"):
+        stale.unlink()  # a resumed sweep's report replaces the earlier one in TensorBoard, not beside it
     writer = SummaryWriter(str(sweep_dir / "report"))
     for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):
         fig = make(rows)

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -30,8 +35,6 @@ from deepinit.provision import DataError
 
 log = logging.getLogger(__name__)
 
-# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 # A diverged step returns None on purpose (skipping its update); the divergence line already says so.
 warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
@@ -58,8 +61,8 @@ def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
         group = conf_dir / key
-        if not sep or not group.is_dir() or "(" in value or "*" in value:
-            continue  # plain values and Hydra's sweep functions are Hydra's to check
+        if not sep or not group.is_dir() or "(" in value or "*" in value or key.startswith("hydra/"):
+            continue  # plain values, sweep functions and hydra/* groups (plugins add choices) are Hydra's to check
         choices = sorted(p.stem for p in group.glob("*.yaml"))
         for choice in value.split(","):
             if choice not in choices:
@@ -77,6 +80,10 @@ def validate(cfg: DictConfig) -> None:
         (
             cfg.activation in ACTIVATIONS,
             f"unknown activation {cfg.activation!r}; choose one of: {', '.join(ACTIVATIONS)}",
+        ),
+        (
+            cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1),
+            f"threads must be null or an integer >= 1 (got {cfg.threads})",
         ),
         (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
         (
@@ -126,15 +133,47 @@ def build(
     return datamodule, Classifier(model, instantiate(cfg.optim)), init_used
 
 
+@contextmanager
+def job_scope() -> Iterator[None]:
+    """Restore, when a run ends, the process-wide state it changes: RNG streams, Lightning's seed variables,
+    determinism and precision flags, the thread count. Jobs that share a process (Hydra's basic launcher, a
+    joblib worker) then start alike, whatever ran before them."""
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")}
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        for key, value in env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        torch.set_float32_matmul_precision(precision)
+        torch.set_num_threads(threads)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; write and return run_dir/summary.json."""
-    run_dir = Path(run_dir)
+    with job_scope():
+        return _run(cfg, Path(run_dir))
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start = time.time()
     summary: dict[str, Any] = {"status": "failed", "reason": None, "config": None, "run_dir": str(run_dir)}
+    summary["started"] = datetime.fromtimestamp(start).isoformat(timespec="milliseconds")
     logger: RunLogger | None = None
     try:
         validate(cfg)
         summary["config"] = _essentials(cfg)
+        summary["settings"] = OmegaConf.to_container(cfg, resolve=True)  # all of it, to tell a rerun apart
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)  # job_scope restores the process's own count afterwards
         datamodule, module, init_used = build(cfg)
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
@@ -147,11 +186,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         callbacks = [LayerStats(**stats_cfg, theory=init_theory)] if stats_cfg.pop("enabled") else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         device = trainer.strategy.root_device
+        threads = torch.get_num_threads()
+        where = f"{device} ({threads} thread{'s' * (threads > 1)})" if device.type == "cpu" else str(device)
         sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))
         n_params = sum(p.numel() for p in module.parameters())
         log.info(
             f"deepinit: {' '.join(f'{k}={v}' for k, v in summary['config'].items())} | gain {init_used['gain']:.4g}"
-            f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {device}"
+            f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {where}"
         )
         trainer.fit(module, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
