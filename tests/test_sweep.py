@@ -66,3 +66,62 @@ def test_seed_repeats_aggregate_as_mean_and_spread():
         "| kaiming | relu | 50 | 3 | 2 | 1 | 0 | 0.9200 +- 0.0200 |",
         "| normal | relu | 50 | 1 | 0 | 0 | 1 |  |",
     ]
+
+
+def _jobs(sweep):
+    return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+
+
+def test_rerunning_the_command_resumes_the_sweep(tmp_path, mnist_root):
+    grid = ("-m", "init=kaiming,xavier", "depth=3", "trainer.max_steps=3", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1")  # fmt: skip
+
+    def sweep_once(*extra):
+        done = train_cli(*grid, *extra, runs_dir=tmp_path, data_root=mnist_root)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    sweep_once()
+    (sweep,) = tmp_path.iterdir()
+    assert sweep.name == "sweep_init=kaiming,xavier_depth=3_" + "_".join(grid[3:])
+    kaiming, xavier = _jobs(sweep)
+    kaiming_events = sorted(kaiming.glob("events.*"))
+    # xavier was interrupted: only it runs again, and its new events replace the old ones
+    summary_path = xavier / "summary.json"
+    summary_path.write_text(summary_path.read_text().replace('"status": "ok"', '"status": "interrupted"'))
+    old_xavier_events = sorted(xavier.glob("events.*"))
+    out = sweep_once()
+    assert "job 0 skipped: ok in an earlier run" in out and "job 1: replacing an earlier attempt" in out
+    assert sorted(kaiming.glob("events.*")) == kaiming_events
+    new_xavier_events = sorted(xavier.glob("events.*"))
+    assert len(new_xavier_events) == 1 and new_xavier_events != old_xavier_events
+    assert json.loads(summary_path.read_text())["status"] == "ok"
+    # a finished job whose settings differ from the command's (changed defaults) is not taken for done
+    summary = json.loads((kaiming / "summary.json").read_text())
+    summary["settings"]["width"] = 999
+    (kaiming / "summary.json").write_text(json.dumps(summary))
+    out = sweep_once()
+    assert "job 0: replacing an earlier attempt" in out and "job 1 skipped: ok" in out
+    # force=true reruns everything, in the same folders
+    out = sweep_once("force=true")
+    assert "skipped" not in out and out.count("replacing an earlier attempt") == 2
+    assert [p.name for p in tmp_path.iterdir()] == [sweep.name] and _jobs(sweep) == [kaiming, xavier]
+    with open(sweep / "report.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
+    assert len(list((sweep / "report").glob("events.*"))) == 1  # the report replaced, not stacked
+
+
+def test_experiment_notebook_runs_its_grid(tmp_path, mnist_root):
+    done = train_cli(
+        "-m", "experiment=notebook", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "stats=off", runs_dir=tmp_path, data_root=mnist_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sweep,) = tmp_path.iterdir()
+    assert sweep.name.startswith("sweep_experiment=notebook_")
+    with open(sweep / "report.csv") as f:
+        rows = {(r["activation"], r["init"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {(a, i) for a in ("linear", "relu") for i in ("normal", "small", "lecun", "kaiming")}
+    assert all(r["depth"] == "100" and r["width"] == "512" for r in rows.values())
+    # N(0,1) at width 512: the signal grows ~sqrt(512) per layer, float32 overflows long before layer 100
+    assert {k for k, r in rows.items() if r["status"] == "diverged"} == {("linear", "normal"), ("relu", "normal")}

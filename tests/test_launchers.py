@@ -1,0 +1,62 @@
+"""The sweep on other Hydra launchers: joblib (parallel on this machine), submitit (local here, SLURM on a cluster)."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from conftest import REPO, train_cli
+
+TINY = ("init=kaiming,xavier", "depth=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+
+
+def _summaries(runs_dir):
+    (sweep,) = runs_dir.iterdir()
+    return sweep, [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+
+
+def test_joblib_runs_two_jobs_at_once_without_oversubscribing(tmp_path, mnist_root):
+    done = train_cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.max_steps=60",
+        runs_dir=tmp_path, data_root=mnist_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep, summaries = _summaries(tmp_path)
+    assert [s["status"] for s in summaries] == ["ok", "ok"]
+    spans = [(datetime.fromisoformat(s["started"]).timestamp(), s["wall_time_s"]) for s in summaries]
+    assert max(start for start, _ in spans) < min(start + wall for start, wall in spans)  # they overlapped
+    for job in sorted(sweep.glob("*/train.log")):  # joblib gives each worker its share of the cores
+        threads = int(re.search(r"device cpu \((\d+) threads?\)", job.read_text()).group(1))
+        assert threads == 1 or 2 * threads <= len(os.sched_getaffinity(0))
+    assert (sweep / "report.csv").exists()
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_grid(tmp_path, mnist_root):
+    done = train_cli(
+        "-m", "hydra/launcher=submitit_local", "threads=1", *TINY, "trainer.max_steps=20",
+        runs_dir=tmp_path, data_root=mnist_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep, summaries = _summaries(tmp_path)
+    assert [(s["config"]["init"], s["status"]) for s in summaries] == [("kaiming", "ok"), ("xavier", "ok")]
+    assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # each ran as its own submitit job
+    with open(sweep / "report.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_slurm_launcher_config_composes_with_its_settings():
+    import yaml
+
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+           "hydra.launcher.gpus_per_node=2", "--cfg", "hydra"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    launcher = yaml.safe_load(done.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["partition"], launcher["gpus_per_node"], launcher["timeout_min"]) == ("gpu", 2, 60)
