@@ -1,11 +1,14 @@
 """The real command line: a short real MNIST run, divergence as a result, bad input as one line."""
 
 import json
+import os
 import shutil
 
 import pytest
+import torch
 
-from conftest import read_events, train_cli
+from conftest import compose_cfg, read_events, train_cli
+from deepinit.train import run
 
 
 def only_run(runs_dir):
@@ -85,3 +88,20 @@ def test_corrupted_data_file_is_named_not_trained_on(tmp_path, mnist_root):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("data error: ") and str(images) in line and "re-provision" in line
+
+
+def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):
+    """Jobs that share a process (Hydra's basic launcher, joblib workers) must not inherit seeds or flags."""
+    cfg = compose_cfg(
+        "depth=3", "trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "+trainer.deterministic=true", "threads=1", "seed=1234", "stats=off", data_root=mnist_root,
+    )  # fmt: skip
+    threads, seed_env = torch.get_num_threads(), os.environ.get("PL_GLOBAL_SEED")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    assert run(cfg, tmp_path / "run")["status"] == "ok"
+    assert torch.rand(3).equal(expected)  # the run's seed_everything(1234) did not move this process's stream
+    assert os.environ.get("PL_GLOBAL_SEED") == seed_env != "1234"
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads
