@@ -66,13 +66,16 @@ def test_relu_halves_under_xavier_and_holds_under_kaiming():
     assert kaiming.m_log_sd[-1] ** 2 == pytest.approx(5 * 49 / 512, rel=1e-6)
 
 
-def test_a_vanishing_signal_keeps_its_finite_width_band():
-    """0.01 weights at depth 100: q falls to ~1e-190, whose square underflows; the band must not."""
+def test_vanishing_and_exploding_signals_keep_their_finite_width_band():
+    """0.01 / N(0,1) weights at depth 100: q reaches ~1e-190 / 1e+250, whose squares under/overflow."""
     shapes = [(256, 256)] * 100
     small = theory.predict("relu", [(1e-4 * 256,) * 2] * 100, shapes)
     assert 0 < small.m[-1] < 1e-180
     assert small.m_log_sd[-1] ** 2 == pytest.approx(5 * 99 / 256, rel=1e-6)  # kurtosis 6 at any scale
     assert theory.fourth_moment_ratio("tanh", 1e-200) == pytest.approx(3.0, rel=1e-6)  # linear regime
+    normal = theory.predict("relu", [(256.0, 256.0)] * 100, shapes)  # N(0,1): sigma_w^2 = fan_in
+    assert normal.m[-1] > 1e200 and normal.m_log_sd[-1] ** 2 == pytest.approx(5 * 99 / 256, rel=1e-6)
+    assert theory.fourth_moment_ratio("tanh", 1e200) == pytest.approx(1.0, rel=1e-6)  # a sign function
 
 
 def monte_carlo_q(activation, scheme, depth=12, width=256, draws=12, seed=0):

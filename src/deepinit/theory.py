@@ -108,10 +108,10 @@ def derivative_second_moment(activation: str, q: float) -> float:
 def fourth_moment_ratio(activation: str, q: float) -> float:
     """E phi^4 / (E phi^2)^2 at N(0, q): sets the finite-width spread of m_l / m_{l-1} (6 for relu, 3 linear)."""
     fn = _phi(activation)
-    # A vanishing signal (0.01 weights at depth 100: q ~ 1e-190) would underflow the squared denominator; the
-    # ratio is scale-free for relu-like units and tends to its small-signal limit for smooth ones, so a floor
-    # that float64 can square gives the same value.
-    q = max(q, 1e-30)
+    # A vanishing or exploding signal (0.01 or N(0,1) weights at depth 100: q ~ 1e-190 or 1e+250) would under- or
+    # overflow the squared moments; the ratio is scale-free for relu-like units and tends to its small- and
+    # large-signal limits for smooth ones, so q clamped to what float64 can square to the fourth gives the same.
+    q = min(max(q, 1e-30), 1e30)
     return gauss_expect(lambda x: fn(x) ** 4, q) / gauss_expect(lambda x: fn(x) ** 2, q) ** 2
 
 
