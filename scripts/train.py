@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from deepinit.provision import DataError
@@ -31,7 +32,7 @@ def main(cfg: DictConfig) -> None:
         if done is not None and not cfg.force:
             log.info(f"job {hydra_cfg.job.num} skipped: {done['status']} in an earlier run (force=true reruns it)")
             return
-        if removed := clear_attempt(run_dir):
+        if rank_zero_only.rank == 0 and (removed := clear_attempt(run_dir)):  # under torchrun, one process clears
             log.info(f"job {hydra_cfg.job.num}: replacing an earlier attempt ({', '.join(removed)})")
     try:
         summary = run(cfg, run_dir)
@@ -46,7 +47,8 @@ def main(cfg: DictConfig) -> None:
         if isinstance(e, ConfigError | DataError):
             sys.exit(message)  # exit status 1, the message alone on stderr
         raise
-    log.info(describe_end(summary, Path(cfg.runs_dir)))
+    if rank_zero_only.rank == 0:  # under DDP, once
+        log.info(describe_end(summary, Path(cfg.runs_dir)))
 
 
 def name_the_sweep(argv: list[str]) -> None:

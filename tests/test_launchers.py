@@ -1,4 +1,4 @@
-"""The sweep on other Hydra launchers: joblib (parallel on this machine), submitit (local here, SLURM on a cluster)."""
+"""Beyond one process: joblib and submitit launchers for sweeps, DDP (2 CPU processes, gloo) for a run and a sweep."""
 
 import csv
 import json
@@ -60,3 +60,41 @@ def test_slurm_launcher_config_composes_with_its_settings():
     launcher = yaml.safe_load(done.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert (launcher["partition"], launcher["gpus_per_node"], launcher["timeout_min"]) == ("gpu", 2, 60)
+
+
+DDP = ("width=64", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
+       "trainer.devices=2", "trainer.strategy=ddp")  # fmt: skip
+SHARD_STEPS = -(-55_000 // 2 // 128)  # each of 2 processes steps through its half of the training set
+
+
+def _one_each(job):
+    assert len(list(job.glob("events.*"))) == 1 and len(list(job.glob("summary.json"))) == 1
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == SHARD_STEPS, summary
+    with open(job / "layer_stats.csv") as f:
+        assert sum(line.startswith("step,") for line in f) == 1  # one process observed
+    return summary
+
+
+def test_ddp_single_run_shards_the_data_and_writes_once(tmp_path, mnist_root):
+    done = train_cli("depth=2", *DDP, runs_dir=tmp_path, data_root=mnist_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    assert _one_each(run)["metrics"]["test_acc"] > 0.85
+
+
+def test_ddp_sweep_runs_under_torchrun_and_not_under_a_plain_multirun(tmp_path, mnist_root):
+    env = {**os.environ, "DEEPINIT_DATA": str(mnist_root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),
+           "-m", "depth=2,3", *DDP, f"runs_dir={tmp_path / 'torchrun'}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep, _ = _summaries(tmp_path / "torchrun")
+    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+        _one_each(job)
+    assert len(list((sweep / "report").glob("events.*"))) == 1  # one process wrote the report
+
+    plain = train_cli("-m", "depth=2", *DDP, runs_dir=tmp_path / "plain", data_root=mnist_root)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    _, (summary,) = _summaries(tmp_path / "plain")
+    assert summary["status"] == "failed" and "re-running the whole sweep" in summary["reason"]

@@ -22,23 +22,33 @@ log = logging.getLogger(__name__)
 
 
 class TensorBatches:
-    """An iterable of (x, y) mini-batches over tensors; reshuffled every pass from a seeded generator."""
+    """An iterable of (x, y) mini-batches over tensors; reshuffled every pass from a seeded generator.
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+    Under DDP each of `world` processes takes every `world`-th sample of the same permutation (all ranks share
+    the seed), cut to equal length so that every rank runs the same number of steps."""
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
+    def _size(self) -> int:
+        return len(self.x) // self.world if self.world > 1 else len(self.x)
+
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return -(-self._size() // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.x)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+        if self.shuffle or self.world > 1:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            order = order[self.rank :: self.world][: self._size()].to(self.x.device)
             x, y = self.x[order], self.y[order]
         else:
             x, y = self.x, self.y
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(x), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
@@ -93,7 +103,11 @@ class MNISTDataModule(L.LightningDataModule):
         return x[pick.to(x.device)]
 
     def train_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.shuffle_seed)
+        # data.batch_size is per process: under DDP on k devices a step sees k * batch_size samples
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return TensorBatches(
+            *self.splits["train"], self.batch_size, shuffle=True, seed=self.shuffle_seed, rank=rank, world=world
+        )
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.splits["val"], self.eval_batch_size)

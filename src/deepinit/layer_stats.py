@@ -63,13 +63,14 @@ class LayerStats(L.Callback):
 
     # --- set-up -------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.active = trainer.is_global_zero  # under DDP one process observes (the weights are the same on all)
         self.model = pl_module.model
         self.pad = max(2, len(str(self.model.depth)))
         self.writer = getattr(trainer.logger, "experiment", None)
         self.out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._layout_written = False
         self._csv = None
-        if self.csv_file:
+        if self.csv_file and self.active:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / self.csv_file
             is_new = not path.exists()
@@ -80,7 +81,7 @@ class LayerStats(L.Callback):
 
     # --- capture, only on logging steps ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
-        if trainer.global_step % self.every_n_steps:
+        if not self.active or trainer.global_step % self.every_n_steps:
             return
         self._step = trainer.global_step
         depth = self.model.depth

@@ -31,7 +31,8 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         loss, acc = self._loss_acc(batch)
-        if not torch.isfinite(loss):
+        # Under DDP every process must agree to skip, or the others would wait for its gradients forever.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             # Divergence is a result of the study, not a crash: record where, skip this update, stop.
             self.divergence = {
                 "step": self.global_step,
@@ -49,8 +50,9 @@ class Classifier(L.LightningModule):
         if self.divergence is not None:
             return  # a diverged model's outputs are NaN; its "accuracy" would be argmax noise
         loss, acc = self._loss_acc(batch)
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/acc", acc, prog_bar=True)
+        # every DDP process evaluates the whole split, so syncing only averages equal numbers (and says so)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.divergence is None and "val/acc" in self.trainer.callback_metrics:
@@ -58,8 +60,8 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, acc = self._loss_acc(batch)
-        self.log("test/loss", loss)
-        self.log("test/acc", acc)
+        self.log("test/loss", loss, sync_dist=True)
+        self.log("test/acc", acc, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

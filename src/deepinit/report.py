@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from hydra.experimental.callback import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from deepinit.figures import plt
@@ -250,4 +251,5 @@ class SweepReport(Callback):
     """Hydra callback: write the sweep report when a multirun ends (whatever happened to its jobs)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(Path(config.hydra.sweep.dir))
+        if rank_zero_only.rank == 0:  # a sweep run under torchrun ends in every process; one writes the report
+            summarize(Path(config.hydra.sweep.dir))

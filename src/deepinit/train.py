@@ -23,8 +23,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from deepinit.init_schemes import initialize
@@ -94,6 +98,27 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def check_strategy(trainer: L.Trainer) -> None:
+    """Raise ConfigError for the multi-process set-ups this study cannot run correctly."""
+    launcher = trainer.strategy.launcher
+    if isinstance(launcher, _MultiProcessingLauncher):
+        raise ConfigError(
+            "trainer.strategy=ddp_spawn (or ddp_fork, ddp_notebook) keeps a run's history in the processes it starts, "
+            "where its summary cannot read it; use trainer.strategy=ddp for one run, torchrun for a sweep (README)"
+        )
+    in_multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if (
+        in_multirun
+        and isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+    ):
+        raise ConfigError(
+            "trainer.strategy=ddp inside -m: Lightning would start each extra process by re-running the whole sweep; "
+            "run the sweep as torchrun --nproc_per_node=<devices> scripts/train.py -m ..., or with "
+            "hydra/launcher=slurm hydra.launcher.tasks_per_node=<devices>"
+        )
 
 
 def _essentials(cfg: DictConfig) -> dict[str, Any]:
@@ -185,12 +210,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         }
         callbacks = [LayerStats(**stats_cfg, theory=init_theory)] if stats_cfg.pop("enabled") else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        check_strategy(trainer)
         device = trainer.strategy.root_device
         threads = torch.get_num_threads()
         where = f"{device} ({threads} thread{'s' * (threads > 1)})" if device.type == "cpu" else str(device)
         sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))
         n_params = sum(p.numel() for p in module.parameters())
-        log.info(
+        (log.info if trainer.is_global_zero else log.debug)(
             f"deepinit: {' '.join(f'{k}={v}' for k, v in summary['config'].items())} | gain {init_used['gain']:.4g}"
             f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {where}"
         )
@@ -231,8 +257,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if logger is not None:
             logger.close(summary["status"])
         summary["wall_time_s"] = round(time.time() - start, 2)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+        if rank_zero_only.rank == 0:  # under DDP the other processes ran the same job; one writes its summary
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
     return summary
 
 
