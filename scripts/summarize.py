@@ -1,6 +1,6 @@
 """Write the sweep report (report.csv, report.md, report_*.png, TensorBoard) for a finished or partial sweep.
 
-    python scripts/summarize.py runs/sweep_20261123-101500
+    python scripts/summarize.py runs/sweep_experiment=depth_sweep
 
 A multirun of scripts/train.py does this by itself when it ends (deepinit.report.SweepReport).
 """

@@ -73,8 +73,7 @@ def _jobs(sweep):
 
 
 def test_rerunning_the_command_resumes_the_sweep(tmp_path, mnist_root):
-    grid = ("-m", "init=kaiming,xavier", "depth=3", "trainer.max_steps=3", "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1")  # fmt: skip
+    grid = ("-m", "init=kaiming,xavier", "depth=3", "trainer.max_steps=3", "trainer.limit_val_batches=1")
 
     def sweep_once(*extra):
         done = train_cli(*grid, *extra, runs_dir=tmp_path, data_root=mnist_root)
@@ -125,3 +124,14 @@ def test_experiment_notebook_runs_its_grid(tmp_path, mnist_root):
     assert all(r["depth"] == "100" and r["width"] == "512" for r in rows.values())
     # N(0,1) at width 512: the signal grows ~sqrt(512) per layer, float32 overflows long before layer 100
     assert {k for k, r in rows.items() if r["status"] == "diverged"} == {("linear", "normal"), ("relu", "normal")}
+
+
+def test_sweep_names_are_readable_stable_and_bounded():
+    from deepinit.sweep import sweep_name
+
+    where = ["runs_dir=/tmp/x", "data.root=/data", "threads=1", "force=true"]
+    assert sweep_name(["init=kaiming,xavier", "depth=10,50", *where]) == "sweep_init=kaiming,xavier_depth=10,50"
+    long = ["init=" + ",".join(["kaiming"] * 30)]
+    assert len(sweep_name(long)) == len("sweep_") + 100 and sweep_name(long) == sweep_name(long)
+    assert sweep_name(long) != sweep_name([*long, "seed=1"])  # the hash tells apart what the prefix cuts off
+    assert "/" not in sweep_name(["+trainer.default_root_dir=/a/b"])

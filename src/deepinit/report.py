@@ -229,8 +229,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for r in rows:
         counts[r["status"]] += 1
     head = f"# Sweep report: {sweep_dir.name}\n\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    text = [head, "## Over seeds", *aggregate_lines(rows), "## Every run", *lines]
-    (sweep_dir / "report.md").write_text("\n\n".join(text[:4]) + "\n\n" + "\n".join(text[4:]) + "\n")
+    text = [head, "## Over seeds", "\n".join(aggregate_lines(rows)), "## Every run", "\n".join(lines)]
+    (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
 
     from torch.utils.tensorboard import SummaryWriter
 
