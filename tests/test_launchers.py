@@ -20,13 +20,15 @@ def _summaries(runs_dir):
     return sweep, [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
 
 
-def test_joblib_runs_two_jobs_at_once_without_oversubscribing(tmp_path, mnist_root):
-    done = train_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.max_steps=60",
-        runs_dir=tmp_path, data_root=mnist_root,
-    )  # fmt: skip
+def _tiny_sweep(runs_dir, data_root, *overrides):
+    done = train_cli("-m", *overrides, *TINY, runs_dir=runs_dir, data_root=data_root)
     assert done.returncode == 0, done.stderr[-2000:]
-    sweep, summaries = _summaries(tmp_path)
+    return _summaries(runs_dir)
+
+
+def test_joblib_runs_two_jobs_at_once_without_oversubscribing(tmp_path, mnist_root):
+    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_steps=60")
+    sweep, summaries = _tiny_sweep(tmp_path, mnist_root, *overrides)
     assert [s["status"] for s in summaries] == ["ok", "ok"]
     spans = [(datetime.fromisoformat(s["started"]).timestamp(), s["wall_time_s"]) for s in summaries]
     assert max(start for start, _ in spans) < min(start + wall for start, wall in spans)  # they overlapped
@@ -38,12 +40,9 @@ def test_joblib_runs_two_jobs_at_once_without_oversubscribing(tmp_path, mnist_ro
 
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_grid(tmp_path, mnist_root):
-    done = train_cli(
-        "-m", "hydra/launcher=submitit_local", "threads=1", *TINY, "trainer.max_steps=20",
-        runs_dir=tmp_path, data_root=mnist_root,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    sweep, summaries = _summaries(tmp_path)
+    sweep, summaries = _tiny_sweep(
+        tmp_path, mnist_root, "hydra/launcher=submitit_local", "threads=1", "trainer.max_steps=20"
+    )
     assert [(s["config"]["init"], s["status"]) for s in summaries] == [("kaiming", "ok"), ("xavier", "ok")]
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # each ran as its own submitit job
     with open(sweep / "report.csv") as f:
