@@ -1,11 +1,15 @@
 """Training throughput, side by side in one process: the plain PyTorch loop against the project's path.
 
     python scripts/bench.py                      # CPU (or the GPU if there is one), defaults below
-    python scripts/bench.py --device cpu --depth 50 --width 256 --batch 128 --steps 200 --repeats 3
+    python scripts/bench.py --device cuda --width 512   # the GPU figures in README.md
+    python scripts/bench.py --profile            # also: where the project step's time goes (torch.profiler)
 
-Cases are measured in turn, repeat after repeat (so machine noise hits them alike), after a warm-up that
-is not timed; the table shows the median samples/s and each case's ratio to the reference loop.
-Results go to <out>/bench-<device>.json and .md.
+Cases: the reference loop (plain PyTorch, data as one tensor on the device, torch's default optimizer
+settings); the project's path (Lightning, the fast step) with stats off, default and full; the project's
+path with fast=false (the plain eager step); and the usual tutorial pipeline (torchvision MNIST with
+ToTensor/Normalize per sample, a DataLoader with 0 workers). They are measured in turn, repeat after repeat
+(so machine noise hits them alike), after a warm-up that is not timed; the table shows the median samples/s
+and each case's ratio to the reference loop. Results go to <out>/bench-<device>.json and .md.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ import platform
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchvision
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torchvision import transforms
 
 from deepinit.layer_stats import LayerStats
 from deepinit.train import build
@@ -33,10 +41,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class StepTimer(L.Callback):
-    """Wall time from the first timed step's start to the last step's end (device synchronized)."""
+    """Wall time from the first timed step's start to the last step's end (device synchronized); optionally
+    runs a torch profiler over exactly those steps."""
 
-    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
-        self.warmup, self.steps, self.device = warmup, steps, device
+    def __init__(self, warmup: int, steps: int, device: torch.device, profiler=None) -> None:
+        self.warmup, self.steps, self.device, self.profiler = warmup, steps, device, profiler
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -45,19 +54,28 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             self._sync()
+            if self.profiler is not None:
+                self.profiler.start()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup + self.steps:
             self._sync()
             self.seconds = time.perf_counter() - self.start
+            if self.profiler is not None:
+                self.profiler.stop()
+
+
+def forever(loader: DataLoader):
+    while True:
+        yield from loader
 
 
 def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
     """The plain PyTorch loop: data as one in-memory tensor on the device, slicing, forward, backward, step."""
     _, module, _ = build(cfg, datamodule)
     model = module.model.to(device)
-    optimizer = module.configure_optimizers()
+    optimizer = module.optimizer_factory(model.parameters())  # as configured, torch's defaults otherwise
     x_all, y_all = (t.to(device) for t in datamodule.splits["train"])
     order = torch.randperm(len(x_all), device=device)
     batch = cfg.data.batch_size
@@ -77,10 +95,37 @@ def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: in
     return steps * batch / seconds
 
 
-def project_path(cfg, datamodule, device: torch.device, warmup: int, steps: int, stats_name: str) -> float:
+def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+    """The usual tutorial: torchvision's MNIST, ToTensor + Normalize on every sample, a DataLoader, 0 workers."""
+    _, module, _ = build(cfg, datamodule)
+    model = module.model.to(device)
+    optimizer = module.optimizer_factory(model.parameters())
+    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
+    dataset = getattr(torchvision.datasets, cfg.data.dataset)(cfg.data.root, train=True, transform=normalize)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0, drop_last=True)
+    batches = forever(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * cfg.data.batch_size / (time.perf_counter() - start)
+
+
+def project_path(
+    cfg, datamodule, device: torch.device, warmup: int, steps: int, stats_name: str, profiler=None
+) -> float:
     """The project's own training path: Classifier + DataModule through a Lightning Trainer."""
     _, module, _ = build(cfg, datamodule)
-    timer = StepTimer(warmup, steps, device)
+    timer = StepTimer(warmup, steps, device, profiler)
     callbacks: list[L.Callback] = [timer]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         stats_cfg = OmegaConf.to_container(compose("train", overrides=[f"stats={stats_name}"]).stats)
@@ -104,6 +149,17 @@ def project_path(cfg, datamodule, device: torch.device, warmup: int, steps: int,
     return steps * cfg.data.batch_size / timer.seconds
 
 
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
@@ -113,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before each measurement")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="then profile the project's step (stats default)")
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
     args = parser.parse_args()
 
@@ -126,48 +183,64 @@ def main() -> None:
     overrides = [f"depth={args.depth}", f"width={args.width}", f"data.batch_size={args.batch}"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+        eager_cfg = compose("train", overrides=[*overrides, "fast=false"])
     datamodule, _, _ = build(cfg)
+    warmup, steps = args.warmup, args.steps
+    reference_name = "reference loop (plain PyTorch)"
     cases = {
-        "reference loop (plain PyTorch)": lambda: reference_loop(cfg, datamodule, device, args.warmup, args.steps),
-        "project, stats off": lambda: project_path(cfg, datamodule, device, args.warmup, args.steps, "off"),
-        "project, stats default": lambda: project_path(cfg, datamodule, device, args.warmup, args.steps, "default"),
-        "project, stats full": lambda: project_path(cfg, datamodule, device, args.warmup, args.steps, "full"),
+        reference_name: lambda: reference_loop(cfg, datamodule, device, warmup, steps),
+        "project, stats off": lambda: project_path(cfg, datamodule, device, warmup, steps, "off"),
+        "project, stats default": lambda: project_path(cfg, datamodule, device, warmup, steps, "default"),
+        "project, stats full": lambda: project_path(cfg, datamodule, device, warmup, steps, "full"),
+        "project, stats default, fast=false": lambda: project_path(
+            eager_cfg, datamodule, device, warmup, steps, "default"
+        ),
+        "tutorial pipeline (DataLoader, 0 workers)": lambda: tutorial_pipeline(cfg, datamodule, device, warmup, steps),
     }
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for repeat in range(args.repeats):
         for name, measure in cases.items():
             samples[name].append(measure())
-            print(f"  repeat {repeat + 1}/{args.repeats}  {name:<32} {samples[name][-1]:>10,.0f} samples/s", flush=True)
+            print(f"  repeat {repeat + 1}/{args.repeats}  {name:<42} {samples[name][-1]:>10,.0f} samples/s", flush=True)
     median = {name: statistics.median(v) for name, v in samples.items()}
-    reference = median["reference loop (plain PyTorch)"]
-    off = median["project, stats off"]
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
+    reference, off = median[reference_name], median["project, stats off"]
+    default, tutorial = median["project, stats default"], median["tutorial pipeline (DataLoader, 0 workers)"]
+    machine = machine_name(device)
     lines = [
-        f"depth {args.depth}, width {args.width}, batch {args.batch}, {args.steps} timed steps x {args.repeats} "
-        f"repeats, device {device} ({machine}), torch {torch.__version__}, lightning {L.__version__}",
+        f"{datetime.now():%Y-%m-%d}: depth {args.depth}, width {args.width}, batch {args.batch}, relu, "
+        f"{cfg.optim._target_.rsplit('.', 1)[-1]}, {steps} timed steps x {args.repeats} repeats (median), device "
+        f"{device} ({machine}), torch {torch.__version__}, lightning {L.__version__}",
         "",
-        "| case | samples/s (median) | vs reference |",
+        "| case | samples/s | vs reference |",
         "|---|---:|---:|",
         *[f"| {name} | {median[name]:,.0f} | {median[name] / reference:.2f}x |" for name in cases],
         "",
-        "stats overhead, as lost throughput vs stats off: "
+        f"project (stats default) vs tutorial pipeline: {default / tutorial:.2f}x; stats overhead, as throughput "
+        "lost vs stats off: "
         + ", ".join(f"{k} {1 - median[f'project, stats {k}'] / off:.1%}" for k in ("default", "full")),
     ]
     print("\n" + "\n".join(lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bench-{device.type}.md").write_text("\n".join(lines) + "\n")
-    (out / f"bench-{device.type}.json").write_text(
-        json.dumps(
-            {"args": vars(args), "device": str(device), "machine": machine, "samples_per_s": samples, "median": median},
-            indent=2,
+    result = {"args": vars(args), "device": str(device), "machine": machine, "torch": torch.__version__}
+    result |= {
+        "samples_per_s": samples,
+        "median": median,
+        "ratio_to_reference": {k: v / reference for k, v in median.items()},
+    }
+    (out / f"bench-{device.type}.json").write_text(json.dumps(result, indent=2))
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
         )
-    )
+        profiler = torch.profiler.profile(activities=activities)
+        project_path(cfg, datamodule, device, warmup, steps, "default", profiler)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort, row_limit=20)
+        print(f"\nwhere the project step's time goes ({steps} steps, stats default):\n{table}")
+        (out / f"profile-{device.type}.txt").write_text(table)
 
 
 if __name__ == "__main__":

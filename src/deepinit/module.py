@@ -1,25 +1,68 @@
-"""The LightningModule: wires the MLP, cross-entropy, accuracy and the optimizer; records divergence."""
+"""The LightningModule: wires the MLP, cross-entropy, accuracy and the optimizer; records divergence.
+
+Two training steps give the same training: the fast one (deepinit.fast_step: fused optimizer, no host sync,
+a CUDA graph on CUDA; Lightning's manual optimization) and the plain eager one (automatic optimization), which
+`fast=false` chooses and which runs wherever the fast one cannot (see `fast_blocker`).
+"""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from deepinit.fast_step import FastStep, fused_optimizer
 from deepinit.model import MLP
+
+log = logging.getLogger(__name__)
+
+# The fast step's Adam is capturable for its CUDA graph, and also runs the (rare) eager steps: that is intended.
+warnings.filterwarnings("ignore", message=r"This instance was constructed with capturable=True")
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, model: MLP, optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer]) -> None:
+    def __init__(
+        self, model: MLP, optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer], fast: bool = True
+    ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
+        self.fast = fast
+        # How often the host reads the fast step's device state (loss, divergence); None: every step on CPU,
+        # where it costs nothing, every log_every_n_steps on CUDA, where each read stalls the GPU's queue.
+        self.check_every: int | None = None
+        self.fast_step: FastStep | None = None
+        self.step_kind = "eager"  # what setup() chose, for the run's start line
         self.divergence: dict[str, Any] | None = None
         self.val_acc_history: list[float] = []
+        self._observed_modules = list(model.modules())
+
+    def fast_blocker(self) -> str | None:
+        """Why the fast step cannot run in this trainer, or None when it can."""
+        trainer, device = self.trainer, self.trainer.strategy.root_device
+        if trainer.world_size > 1:
+            return "several processes (DDP): the divergence check must agree across them every step"
+        if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
+            return "gradient clipping or accumulation (Lightning's automatic optimization does those)"
+        if fused_optimizer(self.optimizer_factory, [nn.Parameter(torch.zeros(1, device=device))], False) is None:
+            return f"the optimizer has no fused implementation on {device.type}"
+        return None
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        blocker = self.fast_blocker() if self.fast else None
+        self.automatic_optimization = not self.fast or blocker is not None
+        if blocker is not None:
+            log.info(f"fast step off: {blocker}")
+        graph = self.trainer.strategy.root_device.type == "cuda"
+        self.step_kind = "eager" if self.automatic_optimization else "fast, CUDA graph" if graph else "fast"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -30,6 +73,8 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.automatic_optimization:
+            return self._fast_training_step(batch, batch_idx)
         loss, acc = self._loss_acc(batch)
         # Under DDP every process must agree to skip, or the others would wait for its gradients forever.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
@@ -45,6 +90,37 @@ class Classifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
         return loss
+
+    def _fast_training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        if self.fast_step is None:
+            self.fast_step = FastStep(self.model, optimizer.optimizer, self.device, graph=self.device.type == "cuda")
+            self.fast_step.start_at(self.global_step)
+        # a forward hook is somebody observing this step (LayerStats on its logging steps): run it eagerly
+        observed = any(m._forward_hooks for m in self._observed_modules)
+        replayed = self.fast_step(*batch, self.manual_backward, optimizer.step, observed=observed)
+        if replayed:  # count the graph's update as the optimizer step it is (Lightning's global_step)
+            optimizer._on_before_step()
+            optimizer._on_after_step()
+        step, trainer = self.global_step, self.trainer
+        every = self.check_every or (trainer.log_every_n_steps if self.device.type == "cuda" else 1)
+        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
+        if step % max(every, 1) and not last:
+            return
+        state = self.fast_step.read()
+        if state["diverged_at"] is not None:
+            self.divergence = {
+                "step": state["diverged_at"],
+                "epoch": self.current_epoch,
+                "loss": state["diverged_loss"],
+                # the weights have not moved since (every update was skipped): this is the eager step's answer
+                "layer": self.model.first_nonfinite_layer(state["diverged_x"]),
+            }
+            trainer.should_stop = True
+            return
+        # host tensors: the progress bar reads them every step, which on the GPU would be a sync each time
+        self.log("train/loss", torch.tensor(state["loss"]), prog_bar=True)
+        self.log("train/acc", torch.tensor(state["acc"]))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.divergence is not None:
@@ -64,4 +140,7 @@ class Classifier(L.LightningModule):
         self.log("test/acc", acc, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        if self.automatic_optimization:
+            return self.optimizer_factory(self.parameters())
+        # fast: fused (one kernel for all updates, and skippable on the device); capturable for a CUDA graph
+        return fused_optimizer(self.optimizer_factory, self.parameters(), capturable=self.device.type == "cuda")

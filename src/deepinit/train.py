@@ -89,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
             cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1),
             f"threads must be null or an integer >= 1 (got {cfg.threads})",
         ),
+        (isinstance(cfg.fast, bool), f"fast must be true or false (got {cfg.fast})"),
         (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
         (
             isinstance(cfg.data.batch_size, int) and cfg.data.batch_size >= 1,
@@ -155,7 +156,7 @@ def build(
     # Data-dependent schemes (lsuv) name the size of the real training batch they measure on.
     batch = datamodule.sample_batch(init_cfg.pop("batch_size"), seed=cfg.seed) if "batch_size" in init_cfg else None
     init_used = initialize(model, batch=batch, **init_cfg)
-    return datamodule, Classifier(model, instantiate(cfg.optim)), init_used
+    return datamodule, Classifier(model, instantiate(cfg.optim), fast=cfg.fast), init_used
 
 
 @contextmanager
@@ -246,6 +247,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_loss": _scalar(metrics, "train/loss"),
         }
         summary.update(init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device))
+        summary["training_step"] = module.step_kind
         summary["hparams_metrics"] = hparams_metrics(summary, callbacks[0] if callbacks else None)
         # Once, at the end, with the final metrics: TensorBoard's HParams columns come from the first hparams
         # summary a run writes, so an early one (without metrics) would hide them.
