@@ -140,6 +140,33 @@ def test_fast_step_makes_no_host_sync_between_reads(mnist_module, monkeypatch):
     assert per_step == {s: int(s % 10 == 0) for s in range(1, 41)}
 
 
+@pytest.mark.parametrize(
+    "override, trainer_args, why",
+    [
+        ("optim._target_=torch.optim.RMSprop", {}, "the optimizer has no fused implementation on cpu"),
+        (None, {"gradient_clip_val": 1.0}, "gradient clipping or accumulation"),
+        (None, {"precision": "bf16-mixed"}, "precision bf16-mixed"),
+    ],
+)
+def test_fast_step_steps_aside_where_it_cannot_run(mnist_module, caplog, override, trainer_args, why):
+    cfg = compose_cfg("depth=3", *([override] if override else []))
+    _, module, _ = build(cfg, mnist_module)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=5,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_args,
+    )
+    with caplog.at_level("INFO", logger="deepinit.module"):
+        trainer.fit(module, datamodule=mnist_module)
+    assert module.step_kind == "eager" and trainer.global_step == 5
+    assert f"fast step off: {why}" in caplog.text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
 def test_cuda_graph_step_follows_the_eager_step(mnist_module):
     runs = {}

@@ -35,7 +35,7 @@ def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
     assert run.name.startswith("kaiming_relu_d10_w256_s0_")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok"
-    assert summary["config"]["depth"] == 10 and summary["steps"] == 150
+    assert summary["config"]["depth"] == 10 and summary["steps"] == 150 and summary["training_step"] == "fast"
     assert summary["metrics"]["test_acc"] > 0.85  # 150 SGD steps on real MNIST
     losses = scalars(run, "train/loss")
     assert len(losses) >= 3 and losses[-1] < losses[0]

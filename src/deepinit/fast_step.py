@@ -79,7 +79,7 @@ class FastStep:
         first = ~torch.isfinite(loss) & (self.diverged_at < 0)
         self.diverged_at.copy_(torch.where(first, self.counter, self.diverged_at))
         self.diverged_loss.copy_(torch.where(first, loss, self.diverged_loss))
-        self.diverged_n.copy_(torch.where(first, len(x), self.diverged_n))
+        self.diverged_n.masked_fill_(first, len(x))
         kept = self.diverged_x[: len(x)]
         kept.copy_(torch.where(first, x.flatten(1), kept))
         self.skip.copy_((self.diverged_at >= 0).to(self.skip.dtype))
@@ -125,7 +125,7 @@ class FastStep:
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and later overwrites) them
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # TensorBoard's writer thread is not ours
                 self._body(*self.static, lambda loss: loss.backward(), self.optimizer.step)
         except Exception as e:  # a capture failure must not end a study run; it only costs speed
             log.warning(f"fast step: CUDA graph capture failed ({type(e).__name__}: {e}); running eagerly")

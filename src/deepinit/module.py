@@ -48,6 +48,8 @@ class Classifier(L.LightningModule):
         trainer, device = self.trainer, self.trainer.strategy.root_device
         if trainer.world_size > 1:
             return "several processes (DDP): the divergence check must agree across them every step"
+        if trainer.precision not in ("32-true", "64-true"):
+            return f"precision {trainer.precision} (the fast step skips updates its own way, not through a grad scaler)"
         if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
             return "gradient clipping or accumulation (Lightning's automatic optimization does those)"
         if fused_optimizer(self.optimizer_factory, [nn.Parameter(torch.zeros(1, device=device))], False) is None:
