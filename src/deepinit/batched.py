@@ -1,0 +1,343 @@
+"""Batched training: K runs of the same shape trained together as one stacked model, each still its own run.
+
+A study grid is mostly runs that differ only in init scheme and seed. On a GPU one such run uses a sliver of
+the device; K of them stacked as [K, out, in] weights and trained with batched matmuls fill it. Each member
+keeps everything of its own: its init (built exactly as a lone run builds it), its shuffled batches, its run
+folder with TensorBoard events, layer statistics, figures, checkpoint and summary.json, written in the same
+form as a lone run's (scripts/train.py through Lightning).
+
+Why the members stay independent: the loss is the sum of the members' losses, so each member's gradient is
+its own; the optimizers (Adam, SGD) are elementwise, so one optimizer over stacked tensors is K optimizers. A
+member whose loss stops being finite is frozen (its weights and optimizer state restored after every step)
+and recorded as diverged at that step, as a lone run would record it; the others go on.
+
+`group_key(cfg)` says which runs can share a group; `train_group(cfgs, run_dirs)` trains one group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from deepinit.data import TensorBatches
+from deepinit.fast_step import fused_optimizer
+from deepinit.layer_stats import LayerStats
+from deepinit.model import ACTIVATIONS, MLP
+from deepinit.train import RunLogger, _essentials, _finite, build, hparams_metrics, validate
+
+log = logging.getLogger(__name__)
+
+# What may differ between members of one group: everything else must be equal (same shapes, same loop).
+PER_MEMBER = {"init", "seed", "stats", "runs_dir", "sweep_name", "force", "threads"}
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Runs with equal keys can be trained as one stacked model."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in PER_MEMBER:
+        settings.pop(key, None)
+    settings["data"].pop("shuffle_seed", None)  # ${seed}: each member shuffles its own way
+    return json.dumps(settings, sort_keys=True)
+
+
+def memory_estimate(cfg: DictConfig) -> int:
+    """Bytes one member needs on the device: weights, gradients, two Adam moments, and the activations of a
+    batch kept for backward (float32)."""
+    sizes = [784] + [cfg.width] * (cfg.depth - 1) + [10]
+    params = sum((a + int(cfg.bias)) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    activations = cfg.data.batch_size * sum(sizes) * 3  # pre-activation, activation, gradient
+    return 4 * (4 * params + activations)
+
+
+class StackedMLP(nn.Module):
+    """K same-shape MLPs as one: layer i's weights are one [K, out, in] parameter, its biases [K, out].
+
+    The members stay usable as plain MLPs: their parameters become views into the stack, so LayerStats can
+    hook a member and a member's forward sees the weights the stack trains."""
+
+    def __init__(self, members: Sequence[MLP]) -> None:
+        super().__init__()
+        first = members[0]
+        self.activation, self.depth, self.members = first.activation, first.depth, list(members)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([m.linears[i].weight.detach() for m in members])) for i in range(self.depth)
+        )
+        has_bias = first.linears[0].bias is not None
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([m.linears[i].bias.detach() for m in members]))
+            for i in range(self.depth)
+            if has_bias
+        )
+        self.act = ACTIVATIONS[self.activation]()
+        self.bind()
+
+    def bind(self) -> None:
+        """Make every member's parameters views into the stack (again after the stack moved device)."""
+        for k, member in enumerate(self.members):
+            for i, linear in enumerate(member.linears):
+                linear.weight = nn.Parameter(self.weights[i].data[k])
+                if self.biases:
+                    linear.bias = nn.Parameter(self.biases[i].data[k])
+
+    def _apply(self, fn, recurse=True):  # .to(device) replaces the stack's storage: re-point the members
+        out = super()._apply(fn, recurse)
+        if hasattr(self, "members"):
+            self.bind()
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [K, batch, 784] (each member its own batch) -> logits [K, batch, 10]."""
+        for i, w in enumerate(self.weights):
+            x = torch.baddbmm(self.biases[i].unsqueeze(1), x, w.transpose(1, 2)) if self.biases else x @ w.mT
+            if i < self.depth - 1:
+                x = self.act(x)
+        return x
+
+
+def _limit(limit: int | float, total: int) -> int:
+    return min(total, limit) if isinstance(limit, int) else int(total * limit)
+
+
+class Member:
+    """One run of the group: its config, folder, logger, statistics and results."""
+
+    def __init__(self, index: int, cfg: DictConfig, run_dir: Path, model: MLP, init_used: dict[str, Any]) -> None:
+        self.index, self.cfg, self.run_dir, self.model, self.init_used = index, cfg, Path(run_dir), model, init_used
+        self.start = time.time()
+        self.logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+        stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
+        theory = {
+            "scheme": cfg.init.name,
+            "gain": init_used["gain"],
+            "std": cfg.init.get("std"),
+            "bias_std": cfg.init.get("bias_std"),
+        }
+        self.stats = LayerStats(**stats_cfg, theory=theory) if stats_cfg.pop("enabled") else None
+        self.trainer = SimpleNamespace(  # what LayerStats reads of a Trainer
+            is_global_zero=True, logger=self.logger, log_dir=str(run_dir), default_root_dir=str(run_dir), global_step=0
+        )
+        self.module = SimpleNamespace(model=model)
+        self.divergence: dict[str, Any] | None = None
+        self.frozen: list[Tensor] = []  # its slices of the parameters, once diverged
+        self.val_acc_history: list[float] = []
+        self.metrics: dict[str, float] = {}
+
+    def observes(self, step: int) -> bool:
+        return self.stats is not None and self.divergence is None and step % self.stats.every_n_steps == 0
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.logger.log_metrics(metrics, step)
+        self.metrics.update(metrics)
+
+
+def _stacked_batches(loaders: Sequence[TensorBatches]):
+    for batches in zip(*loaders, strict=True):
+        yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+
+
+def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Train same-shape runs (equal `group_key`) as one stacked model; write and return each one's summary."""
+    keys = {group_key(cfg) for cfg in cfgs}
+    if len(keys) != 1:
+        raise ValueError("train_group needs runs of one shape and loop (equal group_key)")
+    for cfg in cfgs:
+        validate(cfg)
+    cfg0 = cfgs[0]
+    L.seed_everything(cfg0.seed, verbose=False)
+    datamodule = None
+    members: list[Member] = []
+    for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+        datamodule, module, init_used = build(cfg, datamodule)  # exactly as the lone run builds its model
+        members.append(Member(k, cfg, run_dir, module.model, init_used))
+    accelerator = cfg0.trainer.accelerator
+    device = torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    datamodule.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in datamodule.splits.items()}
+    stack = StackedMLP([m.model for m in members]).to(device)
+    optimizer_factory = instantiate(cfg0.optim)
+    # fused where it exists, as the lone run's fast step: one kernel for every member's update
+    optimizer = (cfg0.fast and fused_optimizer(optimizer_factory, stack.parameters(), False)) or optimizer_factory(
+        stack.parameters()
+    )
+    trainer_cfg = cfg0.trainer
+    batch_size = cfg0.data.batch_size
+    loaders = [
+        TensorBatches(*datamodule.splits["train"], batch_size, shuffle=True, seed=cfg.data.shuffle_seed) for cfg in cfgs
+    ]
+    n_train = _limit(trainer_cfg.limit_train_batches, len(loaders[0]))
+    max_steps = trainer_cfg.max_steps if trainer_cfg.max_steps and trainer_cfg.max_steps > 0 else math.inf
+    log_every = trainer_cfg.log_every_n_steps
+    for member in members:
+        if member.stats is not None:
+            member.stats.on_fit_start(member.trainer, member.module)
+    step, epochs = 0, 0
+    shared = " ".join(f"{k}={v}" for k, v in _essentials(cfg0).items() if k not in ("init", "seed"))
+    log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
+    live = members
+    try:
+        for epoch in range(trainer_cfg.max_epochs):
+            for batch_idx, (x, y) in enumerate(_stacked_batches(loaders)):
+                if batch_idx >= n_train or step >= max_steps or not live:
+                    break
+                _train_step(stack, members, optimizer, x, y, step, epoch)
+                step += 1
+                live = [m for m in members if m.divergence is None]
+                if step % log_every == 0:
+                    for m in live:
+                        m.log({"train/loss": m.loss, "train/acc": m.acc, "epoch": float(epoch)}, step - 1)
+            else:
+                batch_idx = n_train
+            epochs = epoch + 1  # as Lightning's current_epoch after fit: the epochs entered
+            if not live or batch_idx < n_train:  # as Lightning: an epoch cut short by max_steps is not validated
+                break
+            _evaluate(stack, live, datamodule, "val", trainer_cfg.limit_val_batches, step - 1, epoch)
+        _evaluate(stack, live, datamodule, "test", trainer_cfg.limit_test_batches, step, epochs)
+    finally:
+        for member in members:
+            if member.stats is not None:
+                member.trainer.global_step = step
+                member.stats._finish(member.trainer)
+    return [_finish(m, step, epochs, device, trainer_cfg) for m in members]
+
+
+def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, y: Tensor, step: int, epoch: int):
+    observers = [m for m in members if m.observes(step)]
+    optimizer.zero_grad(set_to_none=True)
+    if observers:
+        # Logging step: each member runs its own forward/backward through its own MLP (views into the stack)
+        # so LayerStats' hooks see it exactly as in a lone run; the gradients then go into the stack's.
+        losses, accs = [], []
+        for member in members:
+            for p in member.model.parameters():
+                p.grad = None
+            if member in observers:
+                member.trainer.global_step = step
+                member.stats.on_train_batch_start(member.trainer, member.module, None, 0)
+            logits = member.model(x[member.index])
+            loss = F.cross_entropy(logits, y[member.index])
+            loss.backward()
+            losses.append(loss.detach())
+            accs.append((logits.argmax(1) == y[member.index]).float().mean())
+        losses_t, accs_t = torch.stack(losses), torch.stack(accs)
+        with torch.no_grad():
+            for i, linear_params in enumerate(zip(*(m.model.linears for m in members), strict=True)):
+                stack.weights[i].grad = torch.stack([lin.weight.grad for lin in linear_params])
+                if stack.biases:
+                    stack.biases[i].grad = torch.stack([lin.bias.grad for lin in linear_params])
+    else:
+        logits = stack(x)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses_t = per_sample.view(len(members), -1).mean(1)
+        accs_t = (logits.argmax(2) == y).float().mean(1)
+        losses_t.sum().backward()  # each member's gradient is its own loss's
+        losses_t = losses_t.detach()
+    losses, accs = torch.stack([losses_t, accs_t.to(losses_t.dtype)]).tolist()  # the group's one host read a step
+    for member in members:
+        member.loss, member.acc = losses[member.index], accs[member.index]
+        if not math.isfinite(member.loss) and member.divergence is None:
+            # Divergence is a result: record it as a lone run does, and freeze this member from here on.
+            member.divergence = {
+                "step": step,
+                "epoch": epoch,
+                "loss": member.loss,
+                "layer": member.model.first_nonfinite_layer(x[member.index]),
+            }
+            member.frozen = [p[member.index].clone() for p in stack.parameters()]
+    for member in observers:
+        member.stats.on_before_optimizer_step(member.trainer, member.module, optimizer)
+    optimizer.step()
+    with torch.no_grad():
+        for member in members:
+            if member.frozen:
+                for p, kept in zip(stack.parameters(), member.frozen, strict=True):
+                    p[member.index].copy_(kept)
+    for member in observers:
+        member.stats.on_train_batch_end(member.trainer, member.module, None, None, 0)
+
+
+@torch.no_grad()
+def _evaluate(stack: StackedMLP, members: list[Member], datamodule, split: str, limit, step: int, epoch: int) -> None:
+    if not members:
+        return
+    x_all, y_all = datamodule.splits[split]
+    batches = TensorBatches(x_all, y_all, datamodule.eval_batch_size)
+    n = _limit(limit, len(batches))
+    index = torch.tensor([m.index for m in members], device=x_all.device)
+    total_loss = torch.zeros(len(members), device=x_all.device, dtype=torch.float64)
+    total_acc = torch.zeros_like(total_loss)
+    count = 0
+    for i, (x, y) in enumerate(batches):
+        if i >= n:
+            break
+        logits = stack(x.expand(len(stack.members), *x.shape))[index]
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(members)), reduction="none").view(len(members), -1)
+        total_loss += loss.mean(1).double() * len(x)  # Lightning's epoch mean: batch means weighted by batch size
+        total_acc += (logits.argmax(2) == y).double().mean(1) * len(x)
+        count += len(x)
+    losses, accs = (total_loss / count).tolist(), (total_acc / count).tolist()
+    for member, loss, acc in zip(members, losses, accs, strict=True):
+        member.log({f"{split}/loss": loss, f"{split}/acc": acc, "epoch": float(epoch)}, step)
+        if split == "val":
+            member.val_acc_history.append(acc)
+
+
+def _finish(member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig) -> dict[str, Any]:
+    """The member's summary.json (the fields a lone run writes), its HParams row and its checkpoint."""
+    cfg, m = member.cfg, member.metrics
+    summary: dict[str, Any] = {
+        "status": "ok",
+        "reason": None,
+        "config": _essentials(cfg),
+        "run_dir": str(member.run_dir),
+    }
+    summary["started"] = datetime.fromtimestamp(member.start).isoformat(timespec="milliseconds")
+    summary["settings"] = OmegaConf.to_container(cfg, resolve=True)
+    steps = step
+    if member.divergence is not None:
+        d = member.divergence
+        steps = d["step"] + 1
+        where = f"first non-finite output at layer {d['layer']} of {cfg.depth}" if d["layer"] else "outputs finite"
+        summary.update(status="diverged", divergence=d)
+        summary["reason"] = f"loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}); {where}"
+        log.warning(f"{member.run_dir.name}: diverged: {summary['reason']}")
+    summary["metrics"] = {
+        "test_acc": m.get("test/acc"),
+        "test_loss": m.get("test/loss"),
+        "val_acc": member.val_acc_history[-1] if member.val_acc_history else None,
+        "best_val_acc": max(member.val_acc_history, default=None),
+        "val_loss": m.get("val/loss"),
+        "train_loss": m.get("train/loss"),
+    }
+    summary.update(init=member.init_used, steps=steps, epochs=epochs)
+    summary.update(device=str(device), training_step="batched")
+    summary["hparams_metrics"] = hparams_metrics(summary, member.stats)
+    member.logger.log_hyperparams(summary["config"], summary["hparams_metrics"], step=steps)
+    member.logger.save()  # hparams.yaml, as Lightning's loop saves it
+    member.logger.close(summary["status"])
+    if trainer_cfg.get("enable_checkpointing", True):
+        folder = member.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        # the keys Lightning's checkpoint gives the same weights: state_dict["model.linears.0.weight"], ...
+        state = {f"model.{k}": v.detach().cpu().clone() for k, v in member.model.state_dict().items()}
+        last_epoch = max(summary["epochs"] - 1, 0)
+        checkpoint = {"epoch": last_epoch, "global_step": steps, "state_dict": state}
+        torch.save(
+            checkpoint | {"pytorch-lightning_version": L.__version__}, folder / f"epoch={last_epoch}-step={steps}.ckpt"
+        )
+    summary["wall_time_s"] = round(time.time() - member.start, 2)
+    member.run_dir.mkdir(parents=True, exist_ok=True)
+    (member.run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    return summary
