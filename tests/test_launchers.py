@@ -49,6 +49,31 @@ def test_submitit_local_runs_a_two_job_grid(tmp_path, mnist_root):
         assert len(list(csv.DictReader(f))) == 2
 
 
+def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_root):
+    """hydra/launcher=batched: 4 runs (2 inits x 2 seeds) as one stacked group; folders, summaries and report
+    in the same form as Hydra's basic launcher gives them; a rerun skips them all (resume)."""
+    grid = ("seed=0,1", "trainer.max_steps=40", *TINY)
+    done = train_cli("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "one batched group of 4" in done.stdout + done.stderr
+    batched, batched_summaries = _summaries(tmp_path / "batched")
+    basic, basic_summaries = _tiny_sweep(tmp_path / "basic", mnist_root, *grid[:2])
+
+    def files(sweep):
+        return sorted(re.sub(r"tfevents\..*", "tfevents", p.relative_to(sweep).as_posix()) for p in sweep.rglob("*"))
+
+    assert files(batched) == files(basic) and len(batched_summaries) == 4
+    for one, other in zip(batched_summaries, basic_summaries, strict=True):
+        assert one["status"] == "ok" and one["training_step"] == "batched" and other["training_step"] == "fast"
+        assert one["config"] == other["config"] and one["steps"] == other["steps"] == 40
+        assert set(one) == set(other) and set(one["metrics"]) == set(other["metrics"])
+        assert abs(one["metrics"]["test_acc"] - other["metrics"]["test_acc"]) < 0.05  # one test batch of 1000
+    with open(batched / "report.csv") as a, open(basic / "report.csv") as b:
+        assert csv.DictReader(a).fieldnames == csv.DictReader(b).fieldnames
+    again = train_cli("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: ok in an earlier run") == 4
+
+
 def test_slurm_launcher_config_composes_with_its_settings():
     import yaml
 

@@ -1,0 +1,160 @@
+"""hydra/launcher=batched: a sweep's same-shape runs trained together as stacked models (deepinit.batched).
+
+    python scripts/train.py -m hydra/launcher=batched init=kaiming,xavier,orthogonal,lecun seed=0,1,2,3 depth=50
+
+Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher; finished jobs of an earlier
+run are skipped (resume) as scripts/train.py skips them. The jobs left are grouped by `deepinit.batched.group_key`
+(same shapes and loop: they differ in init and seed), each group split into chunks that fit the memory budget,
+and each chunk trained as one stacked model. Jobs that cannot be batched (DDP, mixed precision, gradient
+clipping or accumulation, an optimizer that is not elementwise), and groups of one, run as usual, one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger("deepinit")
+
+# Optimizers whose update of a tensor is elementwise: one over stacked tensors is one per member.
+ELEMENTWISE = {
+    f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam")
+}
+
+
+def why_alone(cfg: DictConfig) -> str | None:
+    """Why this job cannot join a batched group, or None when it can."""
+    trainer = cfg.trainer
+    if trainer.get("devices", 1) not in (1, "1", "auto") or trainer.get("strategy", "auto") != "auto":
+        return "more than one device or a strategy"
+    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
+        return "precision other than 32-bit"
+    if trainer.get("gradient_clip_val") or trainer.get("accumulate_grad_batches", 1) != 1:
+        return "gradient clipping or accumulation"
+    if cfg.optim._target_ not in ELEMENTWISE:
+        return f"optimizer {cfg.optim._target_} (not known to update elementwise)"
+    return None
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_group_size: int = 64, memory_gb: float | None = None) -> None:
+        self.max_group_size, self.memory_gb = max_group_size, memory_gb
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+
+    def _budget(self) -> int:
+        """Bytes one group may use: memory_gb, else 80% of the free GPU memory, else half the free host memory."""
+        if self.memory_gb is not None:
+            return int(self.memory_gb * 2**30)
+        if torch.cuda.is_available():
+            return int(0.8 * torch.cuda.mem_get_info()[0])
+        return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from deepinit.batched import group_key, memory_estimate, train_group
+        from deepinit.sweep import clear_attempt, finished_summary
+        from deepinit.train import describe_end, run
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, batched where they share a shape")
+
+        # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them; resume as train.py does.
+        def prepare(cfg: DictConfig) -> dict[str, Any]:
+            hydra_cfg = HydraConfig.get()
+            run_dir = Path(hydra_cfg.runtime.output_dir)
+            done = finished_summary(run_dir, cfg)
+            if done is not None and not cfg.force:
+                log.info(f"job {hydra_cfg.job.num} skipped: {done['status']} in an earlier run (force=true reruns it)")
+                return {"skipped": done}
+            if removed := clear_attempt(run_dir):
+                log.info(f"job {hydra_cfg.job.num}: replacing an earlier attempt ({', '.join(removed)})")
+            return {"cfg": cfg, "run_dir": run_dir, "num": hydra_cfg.job.num}
+
+        returns: list[JobReturn] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
+            returns.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=prepare,
+                    config=sweep_config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+        # 2. Group what is left to run; split groups to fit the memory budget.
+        pending = [r.return_value for r in returns if r.status == JobStatus.COMPLETED and "cfg" in r.return_value]
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        alone: list[dict[str, Any]] = []
+        for job in pending:
+            reason = why_alone(job["cfg"])
+            if reason is not None:
+                log.info(f"job {job['num']} runs alone: {reason}")
+                alone.append(job)
+            else:
+                groups[group_key(job["cfg"])].append(job)
+        chunks: list[list[dict[str, Any]]] = []
+        for jobs in groups.values():
+            size = max(1, min(self.max_group_size, self._budget() // memory_estimate(jobs[0]["cfg"])))
+            chunks += [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        alone += [chunk[0] for chunk in chunks if len(chunk) == 1]
+        chunks = [chunk for chunk in chunks if len(chunk) > 1]
+
+        # 3. Train: each chunk as one stacked model; the rest one by one, as the basic launcher would.
+        summaries: dict[int, dict[str, Any]] = {}
+        for chunk in chunks:
+            log.info(f"jobs {', '.join(str(j['num']) for j in chunk)}: one batched group of {len(chunk)}")
+            try:
+                results = train_group([j["cfg"] for j in chunk], [j["run_dir"] for j in chunk])
+            except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
+                log.error(f"batched group failed: {type(e).__name__}: {e}", exc_info=True)
+                results = [_failed(j["run_dir"], e) for j in chunk]
+            summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
+        for job in alone:
+            try:
+                summaries[job["num"]] = run(job["cfg"], job["run_dir"])
+            except Exception as e:
+                log.error(f"job {job['num']} failed: {type(e).__name__}: {e}")
+                summaries[job["num"]] = _failed(job["run_dir"], e)
+        for job in pending:
+            summary = summaries[job["num"]]
+            line = describe_end(summary, Path(job["cfg"].runs_dir)) if "wall_time_s" in summary else summary["reason"]
+            log.info(f"job {job['num']}: {line}")
+            with open(Path(job["run_dir"]) / f"{self.config.hydra.job.name}.log", "a") as job_log:
+                job_log.write(line + "\n")
+        for r in returns:
+            if r.status == JobStatus.COMPLETED and "num" in r.return_value:
+                r.return_value = summaries[r.return_value["num"]]
+        return returns
+
+
+def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
+    import json
+
+    summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():  # a member the group finished before failing keeps its own summary
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
