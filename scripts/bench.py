@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from deepinit.batched import train_group
 from deepinit.layer_stats import LayerStats
 from deepinit.train import build
 
@@ -149,6 +150,22 @@ def project_path(
     return steps * cfg.data.batch_size / timer.seconds
 
 
+def batched_group(cfgs, device: torch.device, warmup: int, steps: int) -> float:
+    """len(cfgs) same-shape runs as one stacked model (deepinit.batched, hydra/launcher=batched), stats default;
+    samples/s summed over the members."""
+    marks: dict[int, float] = {}
+
+    def on_step(step: int) -> None:
+        if step in (warmup, warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            marks[step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_group(cfgs, [Path(tmp) / str(i) for i in range(len(cfgs))], on_step)
+    return len(cfgs) * steps * cfgs[0].data.batch_size / (marks[warmup + steps] - marks[warmup])
+
+
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -170,6 +187,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before each measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="then profile the project's step (stats default)")
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=None,
+        help="also K runs batched as one stacked model (default: 16 on CUDA, none on CPU)",
+    )
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
     args = parser.parse_args()
 
@@ -181,9 +204,19 @@ def main() -> None:
         else args.device
     )
     overrides = [f"depth={args.depth}", f"width={args.width}", f"data.batch_size={args.batch}"]
+    group = args.group if args.group is not None else 16 if device.type == "cuda" else 0
+    short = [
+        f"trainer.max_steps={args.warmup + args.steps + 1}",
+        "trainer.limit_val_batches=0",
+        "trainer.limit_test_batches=0",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
         eager_cfg = compose("train", overrides=[*overrides, "fast=false"])
+        group_cfgs = [
+            compose("train", overrides=[*overrides, *short, f"seed={seed}", f"trainer.accelerator={device.type}"])
+            for seed in range(group)
+        ]
     datamodule, _, _ = build(cfg)
     warmup, steps = args.warmup, args.steps
     reference_name = "reference loop (plain PyTorch)"
@@ -197,6 +230,9 @@ def main() -> None:
         ),
         "tutorial pipeline (DataLoader, 0 workers)": lambda: tutorial_pipeline(cfg, datamodule, device, warmup, steps),
     }
+    batched_name = f"batched group of {group} runs (stats default, summed)"
+    if group:
+        cases[batched_name] = lambda: batched_group(group_cfgs, device, warmup, steps)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for repeat in range(args.repeats):
@@ -220,6 +256,11 @@ def main() -> None:
         "lost vs stats off: "
         + ", ".join(f"{k} {1 - median[f'project, stats {k}'] / off:.1%}" for k in ("default", "full")),
     ]
+    if group:
+        lines.append(
+            f"batched group of {group} vs the same runs one by one: {median[batched_name] / default:.2f}x the project"
+            f"'s path (stats default), {median[batched_name] / reference:.2f}x the reference loop"
+        )
     print("\n" + "\n".join(lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

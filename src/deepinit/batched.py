@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,9 +35,8 @@ from torch import Tensor, nn
 
 from deepinit.data import TensorBatches
 from deepinit.fast_step import fused_optimizer
-from deepinit.layer_stats import LayerStats
 from deepinit.model import ACTIVATIONS, MLP
-from deepinit.train import RunLogger, _essentials, _finite, build, hparams_metrics, validate
+from deepinit.train import RunLogger, _essentials, _finite, build, hparams_metrics, job_scope, layer_stats, validate
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +118,7 @@ class Member:
         self.index, self.cfg, self.run_dir, self.model, self.init_used = index, cfg, Path(run_dir), model, init_used
         self.start = time.time()
         self.logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
-        stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
-        theory = {
-            "scheme": cfg.init.name,
-            "gain": init_used["gain"],
-            "std": cfg.init.get("std"),
-            "bias_std": cfg.init.get("bias_std"),
-        }
-        self.stats = LayerStats(**stats_cfg, theory=theory) if stats_cfg.pop("enabled") else None
+        self.stats = layer_stats(cfg, init_used)
         self.trainer = SimpleNamespace(  # what LayerStats reads of a Trainer
             is_global_zero=True, logger=self.logger, log_dir=str(run_dir), default_root_dir=str(run_dir), global_step=0
         )
@@ -149,15 +141,26 @@ def _stacked_batches(loaders: Sequence[TensorBatches]):
         yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
 
 
-def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Train same-shape runs (equal `group_key`) as one stacked model; write and return each one's summary."""
+def train_group(
+    cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], on_step: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Train same-shape runs (equal `group_key`) as one stacked model; write and return each one's summary.
+    on_step(step) is called before each training step (scripts/bench.py times the steps with it)."""
+    with job_scope():  # as a lone run: the process's RNG, threads and flags are as they were afterwards
+        if cfgs[0].threads is not None:
+            torch.set_num_threads(cfgs[0].threads)
+        return _train_group(cfgs, run_dirs, on_step)
+
+
+def _train_group(
+    cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], on_step: Callable[[int], None] | None
+) -> list[dict[str, Any]]:
     keys = {group_key(cfg) for cfg in cfgs}
     if len(keys) != 1:
         raise ValueError("train_group needs runs of one shape and loop (equal group_key)")
     for cfg in cfgs:
         validate(cfg)
     cfg0 = cfgs[0]
-    L.seed_everything(cfg0.seed, verbose=False)
     datamodule = None
     members: list[Member] = []
     for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
@@ -192,6 +195,8 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[di
             for batch_idx, (x, y) in enumerate(_stacked_batches(loaders)):
                 if batch_idx >= n_train or step >= max_steps or not live:
                     break
+                if on_step is not None:
+                    on_step(step)
                 _train_step(stack, members, optimizer, x, y, step, epoch)
                 step += 1
                 live = [m for m in members if m.divergence is None]
@@ -275,6 +280,8 @@ def _evaluate(stack: StackedMLP, members: list[Member], datamodule, split: str, 
     x_all, y_all = datamodule.splits[split]
     batches = TensorBatches(x_all, y_all, datamodule.eval_batch_size)
     n = _limit(limit, len(batches))
+    if n == 0:
+        return  # as Lightning with limit_*_batches=0: not evaluated
     index = torch.tensor([m.index for m in members], device=x_all.device)
     total_loss = torch.zeros(len(members), device=x_all.device, dtype=torch.float64)
     total_acc = torch.zeros_like(total_loss)

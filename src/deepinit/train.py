@@ -159,6 +159,15 @@ def build(
     return datamodule, Classifier(model, instantiate(cfg.optim), fast=cfg.fast), init_used
 
 
+def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None:
+    """The run's LayerStats callback as `stats=` configures it, with the init's theory; None for stats=off."""
+    stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
+    if not stats_cfg.pop("enabled"):
+        return None
+    theory = {"scheme": cfg.init.name, "gain": init_used["gain"], "std": cfg.init.get("std")}
+    return LayerStats(**stats_cfg, theory=theory | {"bias_std": cfg.init.get("bias_std")})
+
+
 @contextmanager
 def job_scope() -> Iterator[None]:
     """Restore, when a run ends, the process-wide state it changes: RNG streams, Lightning's seed variables,
@@ -205,14 +214,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             torch.set_num_threads(cfg.threads)  # job_scope restores the process's own count afterwards
         datamodule, module, init_used = build(cfg)
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
-        stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
-        init_theory = {
-            "scheme": cfg.init.name,
-            "gain": init_used["gain"],
-            "std": cfg.init.get("std"),
-            "bias_std": cfg.init.get("bias_std"),
-        }
-        callbacks = [LayerStats(**stats_cfg, theory=init_theory)] if stats_cfg.pop("enabled") else []
+        stats = layer_stats(cfg, init_used)
+        callbacks = [stats] if stats is not None else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         check_strategy(trainer)
         device = trainer.strategy.root_device
