@@ -95,3 +95,20 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mnist_root)
     assert kaiming["status"] == "ok" and kaiming["steps"] == 30
     assert torch.equal(scalars(tmp_path / "kaiming", "train/loss"), scalars(tmp_path / "kaiming_alone", "train/loss"))
     assert kaiming["metrics"]["test_acc"] == kaiming_alone["metrics"]["test_acc"]
+
+
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        (None, None),
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val"),
+        ("+trainer.val_check_interval=0.5", "trainer.val_check_interval"),
+        ("trainer.devices=2", "more than one device"),
+        ("optim._target_=torch.optim.LBFGS", "optimizer torch.optim.LBFGS"),
+    ],
+)
+def test_jobs_the_batched_loop_cannot_follow_run_alone(override, reason):
+    from hydra_plugins.deepinit_launcher.batched_launcher import why_alone
+
+    why = why_alone(compose_cfg(*([override] if override else [])))
+    assert why == reason if reason is None else why.startswith(reason)

@@ -16,6 +16,7 @@ and recorded as diverged at that step, as a lone run would record it; the others
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -190,8 +191,15 @@ def _train_group(
     shared = " ".join(f"{k}={v}" for k, v in _essentials(cfg0).items() if k not in ("init", "seed"))
     log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
     live = members
+    max_epochs = trainer_cfg.max_epochs  # as Lightning reads it: -1 is no limit; null is 1000 unless max_steps
+    if max_epochs is None:
+        max_epochs = 1000 if max_steps == math.inf else math.inf
+    elif max_epochs == -1:
+        max_epochs = math.inf
     try:
-        for epoch in range(trainer_cfg.max_epochs):
+        for epoch in itertools.count():
+            if epoch >= max_epochs:
+                break
             for batch_idx, (x, y) in enumerate(_stacked_batches(loaders)):
                 if batch_idx >= n_train or step >= max_steps or not live:
                     break
@@ -210,6 +218,10 @@ def _train_group(
                 break
             _evaluate(stack, live, datamodule, "val", trainer_cfg.limit_val_batches, step - 1, epoch)
         _evaluate(stack, live, datamodule, "test", trainer_cfg.limit_test_batches, step, epochs)
+    except BaseException:
+        for member in members:
+            member.logger.close("failed")
+        raise
     finally:
         for member in members:
             if member.stats is not None:

@@ -33,15 +33,19 @@ ELEMENTWISE = {
 }
 
 
+# The Trainer settings the batched loop follows (conf/trainer/default.yaml's); any other one makes a job run alone.
+FOLLOWED = {"_target_", "max_epochs", "max_steps", "accelerator", "devices", "strategy", "log_every_n_steps",
+            "num_sanity_val_steps", "enable_model_summary", "enable_checkpointing", "limit_train_batches",
+            "limit_val_batches", "limit_test_batches"}  # fmt: skip
+
+
 def why_alone(cfg: DictConfig) -> str | None:
     """Why this job cannot join a batched group, or None when it can."""
     trainer = cfg.trainer
+    if other := sorted(set(trainer) - FOLLOWED):
+        return f"trainer.{other[0]} (the batched loop follows only {', '.join(sorted(FOLLOWED - {'_target_'}))})"
     if trainer.get("devices", 1) not in (1, "1", "auto") or trainer.get("strategy", "auto") != "auto":
         return "more than one device or a strategy"
-    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
-        return "precision other than 32-bit"
-    if trainer.get("gradient_clip_val") or trainer.get("accumulate_grad_batches", 1) != 1:
-        return "gradient clipping or accumulation"
     if cfg.optim._target_ not in ELEMENTWISE:
         return f"optimizer {cfg.optim._target_} (not known to update elementwise)"
     return None
