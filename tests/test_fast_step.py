@@ -146,6 +146,18 @@ def test_fast_step_steps_aside_where_it_cannot_run(mnist_module, caplog, overrid
     assert f"fast step off: {why}" in caplog.text
 
 
+@pytest.mark.parametrize("name, flags", [("Adam", {"fused": True, "capturable": True}), ("SGD", {"fused": True})])
+def test_the_fast_optimizer_is_fused_and_capturable_where_it_has_the_flag(name, flags):
+    from functools import partial
+
+    from deepinit.fast_step import fused_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = fused_optimizer(partial(getattr(torch.optim, name), lr=0.1), iter(params), capturable=True)
+    assert optimizer is not None and all(optimizer.defaults[k] == v for k, v in flags.items())
+    assert fused_optimizer(partial(torch.optim.RMSprop, lr=0.1), params, capturable=False) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
 def test_cuda_graph_step_follows_the_eager_step(mnist_module):
     runs = {}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from deepinit.data import TensorBatches
 from deepinit.fast_step import fused_optimizer
@@ -196,6 +197,10 @@ def _train_group(
         max_epochs = 1000 if max_steps == math.inf else math.inf
     elif max_epochs == -1:
         max_epochs = math.inf
+    total = min(max_steps, max_epochs * n_train)
+    progress = tqdm(
+        total=None if total == math.inf else int(total), desc=f"batched, {len(members)} runs", mininterval=0.5
+    )
     try:
         for epoch in itertools.count():
             if epoch >= max_epochs:
@@ -208,6 +213,12 @@ def _train_group(
                 _train_step(stack, members, optimizer, x, y, step, epoch)
                 step += 1
                 live = [m for m in members if m.divergence is None]
+                progress.update()
+                if live:
+                    mean = sum(m.loss for m in live) / len(live)
+                    progress.set_postfix(
+                        epoch=epoch, mean_loss=f"{mean:.3f}", diverged=len(members) - len(live), refresh=False
+                    )
                 if step % log_every == 0:
                     for m in live:
                         m.log({"train/loss": m.loss, "train/acc": m.acc, "epoch": float(epoch)}, step - 1)
@@ -223,6 +234,7 @@ def _train_group(
             member.logger.close("failed")
         raise
     finally:
+        progress.close()
         for member in members:
             if member.stats is not None:
                 member.trainer.global_step = step

@@ -35,12 +35,16 @@ def fused_optimizer(
     factory: Callable[..., torch.optim.Optimizer], params: Any, capturable: bool
 ) -> torch.optim.Optimizer | None:
     """The optimizer with fused=True (one kernel for every parameter's update, and the `found_inf` skip), or
-    None where the optimizer has no fused implementation."""
-    extra = {"fused": True, **({"capturable": True} if capturable else {})}
-    try:
-        return factory(params, **extra)
-    except (TypeError, RuntimeError, ValueError):
-        return None
+    None where the optimizer has no fused implementation. capturable: for a CUDA graph, where the optimizer has
+    the flag (Adam keeps its step count on the device with it; SGD has no such state and no flag)."""
+    params = list(params)
+    attempts = [{"fused": True, "capturable": True}, {"fused": True}] if capturable else [{"fused": True}]
+    for extra in attempts:
+        try:
+            return factory(params, **extra)
+        except (TypeError, RuntimeError, ValueError):
+            continue
+    return None
 
 
 class FastStep:

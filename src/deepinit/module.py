@@ -38,7 +38,6 @@ class Classifier(L.LightningModule):
         # where it costs nothing, every log_every_n_steps on CUDA, where each read stalls the GPU's queue.
         self.check_every: int | None = None
         self.fast_step: FastStep | None = None
-        self.step_kind = "eager"  # what setup() chose, for the run's start line
         self.divergence: dict[str, Any] | None = None
         self.val_acc_history: list[float] = []
         self._observed_modules = list(model.modules())
@@ -63,8 +62,13 @@ class Classifier(L.LightningModule):
         self.automatic_optimization = not self.fast or blocker is not None
         if blocker is not None:
             log.info(f"fast step off: {blocker}")
-        graph = self.trainer.strategy.root_device.type == "cuda"
-        self.step_kind = "eager" if self.automatic_optimization else "fast, CUDA graph" if graph else "fast"
+
+    @property
+    def step_kind(self) -> str:
+        """The training step this module ran (summary.json's training_step)."""
+        if self.automatic_optimization:
+            return "eager"
+        return "fast, CUDA graph" if self.fast_step is not None and self.fast_step.graph is not None else "fast"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
