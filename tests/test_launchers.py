@@ -74,6 +74,14 @@ def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_
     assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: ok in an earlier run") == 4
 
 
+def test_batched_launcher_refuses_a_bad_group_size(tmp_path, mnist_root):
+    done = train_cli(
+        "-m", "hydra/launcher=batched", "hydra.launcher.max_group_size=0", runs_dir=tmp_path, data_root=mnist_root
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "hydra.launcher.max_group_size must be an integer >= 1 (got 0)" in done.stderr
+
+
 def test_slurm_launcher_config_composes_with_its_settings():
     import yaml
 

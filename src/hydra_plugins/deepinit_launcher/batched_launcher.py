@@ -53,6 +53,10 @@ def why_alone(cfg: DictConfig) -> str | None:
 
 class BatchedLauncher(Launcher):
     def __init__(self, max_group_size: int = 64, memory_gb: float | None = None) -> None:
+        if not (isinstance(max_group_size, int) and max_group_size >= 1):
+            raise ValueError(f"hydra.launcher.max_group_size must be an integer >= 1 (got {max_group_size})")
+        if memory_gb is not None and not memory_gb > 0:
+            raise ValueError(f"hydra.launcher.memory_gb must be null or a number > 0 (got {memory_gb})")
         self.max_group_size, self.memory_gb = max_group_size, memory_gb
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
