@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -67,6 +66,8 @@ class BatchedLauncher(Launcher):
 
     def _budget(self) -> int:
         """Bytes one group may use: memory_gb, else 80% of the free GPU memory, else half the free host memory."""
+        import torch
+
         if self.memory_gb is not None:
             return int(self.memory_gb * 2**30)
         if torch.cuda.is_available():
@@ -74,6 +75,7 @@ class BatchedLauncher(Launcher):
         return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group
         from deepinit.sweep import clear_attempt, finished_summary
         from deepinit.train import describe_end, run
