@@ -8,8 +8,10 @@ form as a lone run's (scripts/train.py through Lightning).
 
 Why the members stay independent: the loss is the sum of the members' losses, so each member's gradient is
 its own; the optimizers (Adam, SGD) are elementwise, so one optimizer over stacked tensors is K optimizers. A
-member whose loss stops being finite is frozen (its weights and optimizer state restored after every step)
-and recorded as diverged at that step, as a lone run would record it; the others go on.
+member whose loss stops being finite is frozen (its weights restored after every step; its optimizer state,
+elementwise too, then no longer matters) and recorded as diverged at that step, as a lone run would record
+it; the others go on. On a logging step the one stacked pass keeps every layer's tensors, and each member's
+LayerStats gets its slice: what its hooks would have captured alone.
 
 `group_key(cfg)` says which runs can share a group; `train_group(cfgs, run_dirs)` trains one group.
 """
@@ -102,11 +104,22 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [K, batch, 784] (each member its own batch) -> logits [K, batch, 10]."""
+        return self.observed_forward(x)[0]
+
+    def observed_forward(self, x: Tensor, keep: bool = False) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Logits, and with keep: every layer's pre-activation [K, batch, out] (gradients retained for the
+        statistics) and activation; the last pre-activation is the logits."""
+        pre, post = [], []
         for i, w in enumerate(self.weights):
             x = torch.baddbmm(self.biases[i].unsqueeze(1), x, w.transpose(1, 2)) if self.biases else x @ w.mT
+            if keep:
+                x.retain_grad()
+                pre.append(x)
             if i < self.depth - 1:
                 x = self.act(x)
-        return x
+                if keep:
+                    post.append(x)
+        return x, pre, post
 
 
 def _limit(limit: int | float, total: int) -> int:
@@ -245,34 +258,22 @@ def _train_group(
 def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, y: Tensor, step: int, epoch: int):
     observers = [m for m in members if m.observes(step)]
     optimizer.zero_grad(set_to_none=True)
-    if observers:
-        # Logging step: each member runs its own forward/backward through its own MLP (views into the stack)
-        # so LayerStats' hooks see it exactly as in a lone run; the gradients then go into the stack's.
-        losses, accs = [], []
-        for member in members:
-            for p in member.model.parameters():
-                p.grad = None
-            if member in observers:
-                member.trainer.global_step = step
-                member.stats.on_train_batch_start(member.trainer, member.module, None, 0)
-            logits = member.model(x[member.index])
-            loss = F.cross_entropy(logits, y[member.index])
-            loss.backward()
-            losses.append(loss.detach())
-            accs.append((logits.argmax(1) == y[member.index]).float().mean())
-        losses_t, accs_t = torch.stack(losses), torch.stack(accs)
-        with torch.no_grad():
-            for i, linear_params in enumerate(zip(*(m.model.linears for m in members), strict=True)):
-                stack.weights[i].grad = torch.stack([lin.weight.grad for lin in linear_params])
-                if stack.biases:
-                    stack.biases[i].grad = torch.stack([lin.bias.grad for lin in linear_params])
-    else:
-        logits = stack(x)
-        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        losses_t = per_sample.view(len(members), -1).mean(1)
-        accs_t = (logits.argmax(2) == y).float().mean(1)
-        losses_t.sum().backward()  # each member's gradient is its own loss's
-        losses_t = losses_t.detach()
+    # On a logging step the same one pass keeps every layer's tensors, which each observing member's LayerStats
+    # gets sliced to its own: what its hooks would capture in a lone run.
+    logits, pre, post = stack.observed_forward(x, keep=bool(observers))
+    per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    losses_t = per_sample.view(len(members), -1).mean(1)
+    accs_t = (logits.argmax(2) == y).float().mean(1)
+    losses_t.sum().backward()  # each member's gradient is its own loss's
+    losses_t = losses_t.detach()
+    for member in observers:
+        k = member.index
+        grads = [t.grad[k] for t in pre] if all(t.grad is not None for t in pre) else None
+        member.stats.observe(step, x[k], [t[k] for t in pre], [t[k] for t in post], grads)
+        for i, linear in enumerate(member.model.linears):  # the member's weight gradients, as views
+            linear.weight.grad = stack.weights[i].grad[k]
+            if stack.biases:
+                linear.bias.grad = stack.biases[i].grad[k]
     losses, accs = torch.stack([losses_t, accs_t.to(losses_t.dtype)]).tolist()  # the group's one host read a step
     for member in members:
         member.loss, member.acc = losses[member.index], accs[member.index]
@@ -295,6 +296,8 @@ def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, 
                     p[member.index].copy_(kept)
     for member in observers:
         member.stats.on_train_batch_end(member.trainer, member.module, None, None, 0)
+        for p in member.model.parameters():
+            p.grad = None  # the views into this step's gradients
 
 
 @torch.no_grad()

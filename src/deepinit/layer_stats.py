@@ -83,15 +83,30 @@ class LayerStats(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
         if not self.active or trainer.global_step % self.every_n_steps:
             return
-        self._step = trainer.global_step
+        self._begin(trainer.global_step)
+        self._handles = [lin.register_forward_hook(self._linear_hook(i)) for i, lin in enumerate(self.model.linears)]
+        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(self.model.activations)]
+
+    def _begin(self, step: int) -> None:
+        self._step = step
         depth = self.model.depth
         self._pre: list[Tensor | None] = [None] * depth
         self._post: list[Tensor | None] = [None] * (depth - 1)
         self._grads: list[Tensor | None] = [None] * depth
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._before: list[Tensor] | None = None
-        self._handles = [lin.register_forward_hook(self._linear_hook(i)) for i, lin in enumerate(self.model.linears)]
-        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(self.model.activations)]
+        self._handles = []
+
+    def observe(
+        self, step: int, x: Tensor, pre: list[Tensor], post: list[Tensor], grads: list[Tensor] | None = None
+    ) -> None:
+        """For a caller that ran the forward and backward itself (batched training: one pass for every member,
+        sliced): this step's input, each layer's pre-activation and activation, and the gradients of the
+        pre-activations; then on_before_optimizer_step and on_train_batch_end as usual."""
+        self._begin(step)
+        self._input, self._pre, self._post = x.detach(), [t.detach() for t in pre], [t.detach() for t in post]
+        if grads is not None and "gradients" in self.groups:
+            self._grads = [g.detach() for g in grads]
 
     def _linear_hook(self, i: int):
         def hook(module, inputs, out: Tensor) -> None:
