@@ -15,12 +15,14 @@ and each case's ratio to the reference loop. Results go to <out>/bench-<device>.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -41,6 +43,12 @@ from deepinit.train import build
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read means what it says."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer(L.Callback):
     """Wall time from the first timed step's start to the last step's end (device synchronized); optionally
     runs a torch profiler over exactly those steps."""
@@ -48,77 +56,65 @@ class StepTimer(L.Callback):
     def __init__(self, warmup: int, steps: int, device: torch.device, profiler=None) -> None:
         self.warmup, self.steps, self.device, self.profiler = warmup, steps, device, profiler
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
-            self._sync()
+            sync(self.device)
             if self.profiler is not None:
                 self.profiler.start()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup + self.steps:
-            self._sync()
+            sync(self.device)
             self.seconds = time.perf_counter() - self.start
             if self.profiler is not None:
                 self.profiler.stop()
 
 
-def forever(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
-    """The plain PyTorch loop: data as one in-memory tensor on the device, slicing, forward, backward, step."""
+def plain_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int, batches: Iterator) -> float:
+    """samples/s of a plain PyTorch loop (forward, backward, step) over `batches` (making each batch is timed too)."""
     _, module, _ = build(cfg, datamodule)
     model = module.model.to(device)
     optimizer = module.optimizer_factory(model.parameters())  # as configured, torch's defaults otherwise
-    x_all, y_all = (t.to(device) for t in datamodule.splits["train"])
-    order = torch.randperm(len(x_all), device=device)
-    batch = cfg.data.batch_size
     for step in range(warmup + steps):
         if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        idx = order[(step * batch) % (len(x_all) - batch) :][:batch]
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return steps * batch / seconds
-
-
-def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
-    """The usual tutorial: torchvision's MNIST, ToTensor + Normalize on every sample, a DataLoader, 0 workers."""
-    _, module, _ = build(cfg, datamodule)
-    model = module.model.to(device)
-    optimizer = module.optimizer_factory(model.parameters())
-    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
-    dataset = getattr(torchvision.datasets, cfg.data.dataset)(cfg.data.root, train=True, transform=normalize)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0, drop_last=True)
-    batches = forever(loader)
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             start = time.perf_counter()
         x, y = next(batches)
-        x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return steps * cfg.data.batch_size / (time.perf_counter() - start)
+
+
+def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+    """The plain PyTorch loop: data as one in-memory tensor on the device, slicing, forward, backward, step."""
+    x_all, y_all = (t.to(device) for t in datamodule.splits["train"])
+    order = torch.randperm(len(x_all), device=device)
+    batch = cfg.data.batch_size
+
+    def batches() -> Iterator:
+        for step in itertools.count():
+            idx = order[(step * batch) % (len(x_all) - batch) :][:batch]
+            yield x_all[idx], y_all[idx]
+
+    return plain_loop(cfg, datamodule, device, warmup, steps, batches())
+
+
+def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+    """The usual tutorial: torchvision's MNIST, ToTensor + Normalize on every sample, a DataLoader, 0 workers."""
+    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
+    dataset = getattr(torchvision.datasets, cfg.data.dataset)(cfg.data.root, train=True, transform=normalize)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0, drop_last=True)
+
+    def batches() -> Iterator:
+        while True:
+            for x, y in loader:
+                yield x.to(device), y.to(device)
+
+    return plain_loop(cfg, datamodule, device, warmup, steps, batches())
 
 
 def project_path(
@@ -157,8 +153,7 @@ def batched_group(cfgs, device: torch.device, warmup: int, steps: int) -> float:
 
     def on_step(step: int) -> None:
         if step in (warmup, warmup + steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             marks[step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:

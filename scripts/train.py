@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from deepinit.provision import DataError
-from deepinit.sweep import clear_attempt, finished_summary, sweep_name
+from deepinit.sweep import skip_or_clear, sweep_name
 from deepinit.train import ConfigError, check_group_choices, describe_end, run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -26,14 +26,10 @@ log = logging.getLogger("deepinit")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        # A rerun of the same sweep command lands in the same folders: finish what is missing, keep what is done.
-        done = finished_summary(run_dir, cfg)
-        if done is not None and not cfg.force:
-            log.info(f"job {hydra_cfg.job.num} skipped: {done['status']} in an earlier run (force=true reruns it)")
-            return
-        if rank_zero_only.rank == 0 and (removed := clear_attempt(run_dir)):  # under torchrun, one process clears
-            log.info(f"job {hydra_cfg.job.num}: replacing an earlier attempt ({', '.join(removed)})")
+    # A rerun of the same sweep command lands in the same folders: finish what is missing, keep what is done.
+    # Under torchrun, one process clears.
+    if hydra_cfg.mode == RunMode.MULTIRUN and skip_or_clear(run_dir, cfg, hydra_cfg.job.num, rank_zero_only.rank == 0):
+        return
     try:
         summary = run(cfg, run_dir)
     except Exception as e:

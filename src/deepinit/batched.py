@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,7 +39,20 @@ from tqdm import tqdm
 from deepinit.data import TensorBatches
 from deepinit.fast_step import fused_optimizer
 from deepinit.model import ACTIVATIONS, MLP
-from deepinit.train import RunLogger, _essentials, _finite, build, hparams_metrics, job_scope, layer_stats, validate
+from deepinit.train import (
+    RunLogger,
+    _essentials,
+    build,
+    final_metrics,
+    hparams_metrics,
+    job_scope,
+    layer_stats,
+    record_config,
+    record_divergence,
+    start_summary,
+    validate,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -330,31 +342,15 @@ def _evaluate(stack: StackedMLP, members: list[Member], datamodule, split: str, 
 
 def _finish(member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig) -> dict[str, Any]:
     """The member's summary.json (the fields a lone run writes), its HParams row and its checkpoint."""
-    cfg, m = member.cfg, member.metrics
-    summary: dict[str, Any] = {
-        "status": "ok",
-        "reason": None,
-        "config": _essentials(cfg),
-        "run_dir": str(member.run_dir),
-    }
-    summary["started"] = datetime.fromtimestamp(member.start).isoformat(timespec="milliseconds")
-    summary["settings"] = OmegaConf.to_container(cfg, resolve=True)
+    summary = start_summary(member.run_dir, member.start)
+    summary["status"] = "ok"
+    record_config(summary, member.cfg)
     steps = step
     if member.divergence is not None:
-        d = member.divergence
-        steps = d["step"] + 1
-        where = f"first non-finite output at layer {d['layer']} of {cfg.depth}" if d["layer"] else "outputs finite"
-        summary.update(status="diverged", divergence=d)
-        summary["reason"] = f"loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}); {where}"
+        steps = member.divergence["step"] + 1
+        record_divergence(summary, member.divergence, member.cfg.depth)
         log.warning(f"{member.run_dir.name}: diverged: {summary['reason']}")
-    summary["metrics"] = {
-        "test_acc": m.get("test/acc"),
-        "test_loss": m.get("test/loss"),
-        "val_acc": member.val_acc_history[-1] if member.val_acc_history else None,
-        "best_val_acc": max(member.val_acc_history, default=None),
-        "val_loss": m.get("val/loss"),
-        "train_loss": m.get("train/loss"),
-    }
+    summary["metrics"] = final_metrics(member.metrics, member.val_acc_history)
     summary.update(init=member.init_used, steps=steps, epochs=epochs)
     summary.update(device=str(device), training_step="batched")
     summary["hparams_metrics"] = hparams_metrics(summary, member.stats)
@@ -372,6 +368,5 @@ def _finish(member: Member, step: int, epochs: int, device: torch.device, traine
             checkpoint | {"pytorch-lightning_version": L.__version__}, folder / f"epoch={last_epoch}-step={steps}.ckpt"
         )
     summary["wall_time_s"] = round(time.time() - member.start, 2)
-    member.run_dir.mkdir(parents=True, exist_ok=True)
-    (member.run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    write_summary(member.run_dir, summary)
     return summary

@@ -35,7 +35,7 @@ class TensorBatches:
         self.generator = torch.Generator().manual_seed(seed)
 
     def _size(self) -> int:
-        return len(self.x) // self.world if self.world > 1 else len(self.x)
+        return len(self.x) // self.world
 
     def __len__(self) -> int:
         return -(-self._size() // self.batch_size)

@@ -70,7 +70,6 @@ class FastStep:
         self.diverged_x: Tensor | None = None  # sized by the first batch: the largest one
         self.static: tuple[Tensor, Tensor] | None = None
         optimizer.found_inf = self.skip
-        optimizer.grad_scale = None
 
     def start_at(self, step: int) -> None:
         self.counter.fill_(step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 # Where a sweep writes or what it reads from does not change its results, so it does not change its name.
 NOT_IN_NAME = {"runs_dir", "data.root", "force", "sweep_name", "threads"}
@@ -63,3 +66,15 @@ def clear_attempt(job_dir: Path) -> list[str]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
         removed.append(path.name)
     return removed
+
+
+def skip_or_clear(job_dir: Path, cfg: DictConfig, job_num: int, clear: bool = True) -> dict[str, Any] | None:
+    """A sweep job's start: the earlier summary when that attempt finished with these settings (the job is then
+    skipped, unless cfg.force), else None, after clearing what an unfinished attempt left (where `clear`)."""
+    done = finished_summary(job_dir, cfg)
+    if done is not None and not cfg.force:
+        log.info(f"job {job_num} skipped: {done['status']} in an earlier run (force=true reruns it)")
+        return done
+    if clear and (removed := clear_attempt(job_dir)):
+        log.info(f"job {job_num}: replacing an earlier attempt ({', '.join(removed)})")
+    return None

@@ -164,8 +164,13 @@ def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None
     stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
     if not stats_cfg.pop("enabled"):
         return None
-    theory = {"scheme": cfg.init.name, "gain": init_used["gain"], "std": cfg.init.get("std")}
-    return LayerStats(**stats_cfg, theory=theory | {"bias_std": cfg.init.get("bias_std")})
+    theory = {
+        "scheme": cfg.init.name,
+        "gain": init_used["gain"],
+        "std": cfg.init.get("std"),
+        "bias_std": cfg.init.get("bias_std"),
+    }
+    return LayerStats(**stats_cfg, theory=theory)
 
 
 @contextmanager
@@ -201,15 +206,49 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return _run(cfg, Path(run_dir))
 
 
+def start_summary(run_dir: Path, start: float) -> dict[str, Any]:
+    """A run's summary.json as it begins: failed until it says otherwise."""
+    started = datetime.fromtimestamp(start).isoformat(timespec="milliseconds")
+    return {"status": "failed", "reason": None, "config": None, "run_dir": str(run_dir), "started": started}
+
+
+def record_config(summary: dict[str, Any], cfg: DictConfig) -> None:
+    summary["config"] = _essentials(cfg)
+    summary["settings"] = OmegaConf.to_container(cfg, resolve=True)  # all of it, to tell a rerun apart
+
+
+def record_divergence(summary: dict[str, Any], divergence: dict[str, Any], depth: int) -> None:
+    """status diverged, the record, and the one-line reason (step, loss, first non-finite layer)."""
+    d = divergence
+    where = f"first non-finite output at layer {d['layer']} of {depth}" if d["layer"] else "outputs finite"
+    summary.update(status="diverged", divergence=d)
+    summary["reason"] = f"loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}); {where}"
+
+
+def final_metrics(metrics: dict[str, float], val_acc_history: list[float]) -> dict[str, float | None]:
+    """summary.json's metrics from the last logged values ("test/acc", ...) and the per-epoch val accuracy."""
+    return {
+        "test_acc": _scalar(metrics, "test/acc"),
+        "test_loss": _scalar(metrics, "test/loss"),
+        "val_acc": val_acc_history[-1] if val_acc_history else None,
+        "best_val_acc": max(val_acc_history, default=None),
+        "val_loss": _scalar(metrics, "val/loss"),
+        "train_loss": _scalar(metrics, "train/loss"),
+    }
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+
+
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start = time.time()
-    summary: dict[str, Any] = {"status": "failed", "reason": None, "config": None, "run_dir": str(run_dir)}
-    summary["started"] = datetime.fromtimestamp(start).isoformat(timespec="milliseconds")
+    summary = start_summary(run_dir, start)
     logger: RunLogger | None = None
     try:
         validate(cfg)
-        summary["config"] = _essentials(cfg)
-        summary["settings"] = OmegaConf.to_container(cfg, resolve=True)  # all of it, to tell a rerun apart
+        record_config(summary, cfg)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)  # job_scope restores the process's own count afterwards
         datamodule, module, init_used = build(cfg)
@@ -230,10 +269,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if module.divergence is not None:
-            d = module.divergence
-            where = f"first non-finite output at layer {d['layer']} of {cfg.depth}" if d["layer"] else "outputs finite"
-            summary.update(status="diverged", divergence=d)
-            summary["reason"] = f"loss became {d['loss']} at step {d['step']} (epoch {d['epoch']}); {where}"
+            record_divergence(summary, module.divergence, cfg.depth)
             log.warning(f"diverged: {summary['reason']}")
         elif trainer.interrupted:
             summary.update(status="interrupted", reason="stopped by the user")
@@ -241,14 +277,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             summary.update(status="ok")
-        summary["metrics"] = {
-            "test_acc": _scalar(metrics, "test/acc"),
-            "test_loss": _scalar(metrics, "test/loss"),
-            "val_acc": module.val_acc_history[-1] if module.val_acc_history else None,
-            "best_val_acc": max(module.val_acc_history, default=None),
-            "val_loss": _scalar(metrics, "val/loss"),
-            "train_loss": _scalar(metrics, "train/loss"),
-        }
+        summary["metrics"] = final_metrics(metrics, module.val_acc_history)
         summary.update(init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device))
         summary["training_step"] = module.step_kind
         summary["hparams_metrics"] = hparams_metrics(summary, callbacks[0] if callbacks else None)
@@ -266,8 +295,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logger.close(summary["status"])
         summary["wall_time_s"] = round(time.time() - start, 2)
         if rank_zero_only.rank == 0:  # under DDP the other processes ran the same job; one writes its summary
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+            write_summary(run_dir, summary)
     return summary
 
 

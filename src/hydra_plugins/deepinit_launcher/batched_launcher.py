@@ -77,7 +77,7 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group
-        from deepinit.sweep import clear_attempt, finished_summary
+        from deepinit.sweep import skip_or_clear
         from deepinit.train import describe_end, run
 
         setup_globals()
@@ -90,12 +90,8 @@ class BatchedLauncher(Launcher):
         def prepare(cfg: DictConfig) -> dict[str, Any]:
             hydra_cfg = HydraConfig.get()
             run_dir = Path(hydra_cfg.runtime.output_dir)
-            done = finished_summary(run_dir, cfg)
-            if done is not None and not cfg.force:
-                log.info(f"job {hydra_cfg.job.num} skipped: {done['status']} in an earlier run (force=true reruns it)")
+            if (done := skip_or_clear(run_dir, cfg, hydra_cfg.job.num)) is not None:
                 return {"skipped": done}
-            if removed := clear_attempt(run_dir):
-                log.info(f"job {hydra_cfg.job.num}: replacing an earlier attempt ({', '.join(removed)})")
             return {"cfg": cfg, "run_dir": run_dir, "num": hydra_cfg.job.num}
 
         returns: list[JobReturn] = []
@@ -161,10 +157,9 @@ class BatchedLauncher(Launcher):
 
 
 def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
-    import json
+    from deepinit.train import write_summary
 
     summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():  # a member the group finished before failing keeps its own summary
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+    if not (Path(run_dir) / "summary.json").exists():  # a run that wrote its own (a lone run's failure) keeps it
+        write_summary(Path(run_dir), summary)
     return summary
