@@ -188,6 +188,13 @@ def main() -> None:
         default=None,
         help="also K runs batched as one stacked model (default: 16 on CUDA, none on CPU)",
     )
+    parser.add_argument("--optim", default=None, help="conf/optim choice (adam, sgd); default: the project's")
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high", "medium"],
+        help="float32 matmuls for every case (high: TF32 on GPU tensor cores); the project's matmul_precision",
+    )
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
     args = parser.parse_args()
 
@@ -198,7 +205,9 @@ def main() -> None:
         if args.device == "auto"
         else args.device
     )
+    torch.set_float32_matmul_precision(args.matmul_precision)  # the plain loops' too, not only the project's
     overrides = [f"depth={args.depth}", f"width={args.width}", f"data.batch_size={args.batch}"]
+    overrides += [f"matmul_precision={args.matmul_precision}", *([f"optim={args.optim}"] if args.optim else [])]
     group = args.group if args.group is not None else 16 if device.type == "cuda" else 0
     short = [
         f"trainer.max_steps={args.warmup + args.steps + 1}",
@@ -240,7 +249,8 @@ def main() -> None:
     machine = machine_name(device)
     lines = [
         f"{datetime.now():%Y-%m-%d}: depth {args.depth}, width {args.width}, batch {args.batch}, relu, "
-        f"{cfg.optim._target_.rsplit('.', 1)[-1]}, {steps} timed steps x {args.repeats} repeats (median), device "
+        f"{cfg.optim._target_.rsplit('.', 1)[-1]}, matmul precision {args.matmul_precision}, "
+        f"{steps} timed steps x {args.repeats} repeats (median), device "
         f"{device} ({machine}), torch {torch.__version__}, lightning {L.__version__}",
         "",
         "| case | samples/s | vs reference |",

@@ -112,3 +112,25 @@ def test_jobs_the_batched_loop_cannot_follow_run_alone(override, reason):
 
     why = why_alone(compose_cfg(*([override] if override else [])))
     assert why == reason if reason is None else why.startswith(reason)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
+def test_cuda_graph_group_trains_as_the_eager_group(tmp_path, mnist_root):
+    """On CUDA the group's two half-steps are replayed from CUDA graphs: the same losses as the eager group
+    (fast=false, given the same fused SGD), and a diverging member is still caught at its step and frozen."""
+    common = ["depth=50", "optim=sgd", "trainer.max_steps=60", "trainer.log_every_n_steps=1", "trainer.accelerator=gpu"]
+    members = [("kaiming", 0), ("normal", 0), ("orthogonal", 1)]  # init=normal overflows in step 0 at depth 50
+    out = {}
+    for fast in ("true", "false"):
+        overrides = [*common, f"fast={fast}", *([] if fast == "true" else ["+optim.fused=true"])]
+        cfgs = [compose_cfg(*overrides, f"init={i}", f"seed={s}", data_root=mnist_root) for i, s in members]
+        out[fast] = train_group(cfgs, [tmp_path / fast / init for init, _ in members])
+    graph, eager = out["true"], out["false"]
+    assert [s["training_step"] for s in graph] == ["batched, CUDA graph"] * 3
+    assert [s["status"] for s in graph] == [s["status"] for s in eager] == ["ok", "diverged", "ok"]
+    assert graph[1]["reason"] == eager[1]["reason"] and graph[1]["divergence"]["step"] == 0
+    for init in ("kaiming", "orthogonal"):
+        a, b = scalars(tmp_path / "false" / init, "train/loss"), scalars(tmp_path / "true" / init, "train/loss")
+        assert len(a) == len(b) == 60 and a[-1] < a[0]
+        relative = (a - b).abs() / a
+        assert relative[:5].max() < 1e-5 and relative.max() < 2e-2

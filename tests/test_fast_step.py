@@ -28,11 +28,11 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**settings | dict(enable_progress_bar=False, enable_model_summary=False) | kwargs)
 
 
-def fit(mnist_module, *overrides: str, fast: bool, steps: int, check_every: int | None = None, callbacks=()):
+def fit(mnist_module, *overrides: str, fast: bool, steps: int, check_every: int | None = None, callbacks=(), **trainer):
     cfg = compose_cfg(*overrides, f"fast={str(fast).lower()}")
     _, module, _ = build(cfg, mnist_module)
     module.check_every = check_every
-    trainer = quiet_trainer(max_steps=steps, callbacks=list(callbacks))
+    trainer = quiet_trainer(max_steps=steps, callbacks=list(callbacks), **trainer)
     initial = [p.detach().clone() for p in module.parameters()]
     trainer.fit(module, datamodule=mnist_module)
     return module, initial
@@ -40,7 +40,8 @@ def fit(mnist_module, *overrides: str, fast: bool, steps: int, check_every: int 
 
 def trajectory(mnist_module, *overrides: str, fast: bool, steps: int = 50):
     losses = LossTrajectory()
-    module, initial = fit(mnist_module, *overrides, fast=fast, steps=steps, callbacks=[losses])
+    # train/loss logged every step (the fast step logs it at the logging steps only)
+    module, initial = fit(mnist_module, *overrides, fast=fast, steps=steps, callbacks=[losses], log_every_n_steps=1)
     assert sorted(losses.losses) == list(range(1, steps + 1))
     return module, initial, torch.tensor([losses.losses[s] for s in range(1, steps + 1)])
 
@@ -75,6 +76,24 @@ def test_fast_step_learning_curve_matches_the_default_eager_one(mnist_module):
     # (measured: within 0.016 while the loss falls from 2.48 to 0.25)
     eager_means, fast_means = eager_curve.view(10, 20).mean(1), fast_curve.view(10, 20).mean(1)
     assert eager_means[-1] < 0.4 and (fast_means - eager_means).abs().max() < 0.03
+
+
+def test_fast_step_logs_what_the_eager_step_logs(mnist_module, tmp_path):
+    """The fast step logs train/* at Lightning's logging steps only: the event files hold the same steps and,
+    with SGD (fused and unfused round alike), the same values as the eager step's, which logs every step."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from conftest import read_events
+
+    events = {}
+    for fast in (False, True):
+        logger = TensorBoardLogger(tmp_path, name=str(fast), version="")
+        fit(mnist_module, "optim=sgd", "depth=5", fast=fast, steps=120, log_every_n_steps=25, logger=logger)
+        events[fast] = {tag: read_events(tmp_path / str(fast)).Scalars(tag) for tag in ("train/loss", "train/acc")}
+    for tag, eager in events[False].items():
+        fast = events[True][tag]
+        assert [e.step for e in fast] == [e.step for e in eager] == [24, 49, 74, 99]
+        torch.testing.assert_close([e.value for e in fast], [e.value for e in eager], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -159,10 +178,11 @@ def test_the_fast_optimizer_is_fused_and_capturable_where_it_has_the_flag(name, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
-def test_cuda_graph_step_follows_the_eager_step(mnist_module):
+@pytest.mark.parametrize("optim, eager_optim", [("optim=adam", "+optim.fused=true"), ("optim=sgd", "optim=sgd")])
+def test_cuda_graph_step_follows_the_eager_step(mnist_module, optim, eager_optim):
     runs = {}
     for fast in (False, True):
-        cfg = compose_cfg("depth=10", f"fast={str(fast).lower()}")
+        cfg = compose_cfg("depth=10", optim, *([] if fast else [eager_optim]), f"fast={str(fast).lower()}")
         _, module, _ = build(cfg, mnist_module)
         trajectory = LossTrajectory()
         trainer = quiet_trainer(accelerator="cuda", max_steps=100, log_every_n_steps=10, callbacks=[trajectory])

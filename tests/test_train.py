@@ -69,6 +69,7 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
         ("depth=0", "depth must be an integer >= 2 (got 0)"),
         ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
         ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),
+        ("matmul_precision=tf32", "unknown matmul_precision 'tf32'; choose one of: highest, high, medium"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
@@ -94,9 +95,11 @@ def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):
     """Jobs that share a process (Hydra's basic launcher, joblib workers) must not inherit seeds or flags."""
     cfg = compose_cfg(
         "depth=3", "trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "+trainer.deterministic=true", "threads=1", "seed=1234", "stats=off", data_root=mnist_root,
+        "+trainer.deterministic=true", "threads=1", "seed=1234", "stats=off", "matmul_precision=high",
+        data_root=mnist_root,
     )  # fmt: skip
     threads, seed_env = torch.get_num_threads(), os.environ.get("PL_GLOBAL_SEED")
+    precision = torch.get_float32_matmul_precision()
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
@@ -105,3 +108,4 @@ def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):
     assert os.environ.get("PL_GLOBAL_SEED") == seed_env != "1234"
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.get_num_threads() == threads
+    assert torch.get_float32_matmul_precision() == precision != "high"

@@ -37,11 +37,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deepinit.data import TensorBatches
-from deepinit.fast_step import fused_optimizer
+from deepinit.fast_step import WARMUP_STEPS, capture, fused_optimizer, on_side_stream
 from deepinit.model import ACTIVATIONS, MLP
 from deepinit.train import (
     RunLogger,
     _essentials,
+    apply_process_settings,
     build,
     final_metrics,
     hparams_metrics,
@@ -164,8 +165,80 @@ class Member:
 
 
 def _stacked_batches(loaders: Sequence[TensorBatches]):
-    for batches in zip(*loaders, strict=True):
-        yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+    """Each member's next pass, as its lone run's loader makes it (same seed, same order), stacked: one gather
+    of [K, batch] indices a step, and no per-member copy of the shuffled data set."""
+    orders = torch.stack([loader.next_order() for loader in loaders])
+    x, y, size = loaders[0].x, loaders[0].y, loaders[0].batch_size
+    for start in range(0, orders.shape[1], size):
+        index = orders[:, start : start + size]
+        yield x[index], y[index]
+
+
+class GroupStep:
+    """The group's training step in two halves, so that the host can look at the members' losses between
+    them: forward and backward (one [2, K] tensor of losses and accuracies out), then the optimizer's update.
+
+    With `graph` (CUDA, fast=true) each half is captured once as a CUDA graph after WARMUP_STEPS eager steps
+    on a side stream, and replayed on every step that nobody observes and whose batch has the usual size; the
+    others run eagerly on the same parameters, gradients and optimizer state, as the lone fast step does."""
+
+    def __init__(self, stack: StackedMLP, optimizer: torch.optim.Optimizer, device: torch.device, graph: bool):
+        self.stack, self.optimizer, self.device = stack, optimizer, device
+        self.graph_wanted = graph and device.type == "cuda"
+        self.forward_graph: tuple[torch.cuda.CUDAGraph, Tensor] | None = None
+        self.update_graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[Tensor, Tensor] | None = None
+        self.eager_steps = 0
+        self.replaying = False  # whether this step's forward was replayed (then its update is, where it can be)
+        self.update_capturable = True
+
+    @property
+    def captured(self) -> bool:
+        return self.forward_graph is not None
+
+    def _forward_backward(self, x: Tensor, y: Tensor, keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        logits, pre, post = self.stack.observed_forward(x, keep)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses = per_sample.view(len(x), -1).mean(1)
+        losses.sum().backward()  # each member's gradient is its own loss's
+        return torch.stack([losses.detach(), (logits.argmax(2) == y).to(losses.dtype).mean(1)]), pre, post
+
+    def forward_backward(self, x: Tensor, y: Tensor, keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Losses and accuracies [2, K]; with keep, every layer's pre-activations (with gradients) and activations."""
+        if self.static is None:
+            self.static = (torch.empty_like(x), torch.empty_like(y))
+        replayable = self.graph_wanted and not keep and x.shape == self.static[0].shape
+        if replayable and not self.captured and self.eager_steps >= WARMUP_STEPS:
+            self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and rewrites) them
+            sx, sy = self.static
+            self.forward_graph = capture(lambda: self._forward_backward(sx, sy, False)[0], "batched step")
+            self.graph_wanted = self.captured
+        self.replaying = replayable and self.captured
+        if self.replaying:
+            self.static[0].copy_(x)
+            self.static[1].copy_(y)
+            graph, out = self.forward_graph
+            graph.replay()
+            return out, [], []
+        # Eager. Gradients stay allocated once a graph holds them: its backward writes into those tensors.
+        self.optimizer.zero_grad(set_to_none=not self.captured)
+        if self.graph_wanted and not self.captured:
+            return on_side_stream(lambda: self._forward_backward(x, y, keep), self.device)
+        return self._forward_backward(x, y, keep)
+
+    def update(self) -> None:
+        """The optimizer's step for every member: replayed when this step's forward was, and it can be."""
+        if self.replaying and self.update_graph is None and self.update_capturable:
+            captured = capture(self.optimizer.step, "batched update")
+            self.update_capturable = captured is not None
+            self.update_graph = captured[0] if captured else None
+        if self.replaying and self.update_graph is not None:
+            self.update_graph.replay()
+        elif self.graph_wanted and not self.captured:  # a warm-up step
+            on_side_stream(self.optimizer.step, self.device)
+            self.eager_steps += 1
+        else:
+            self.optimizer.step()
 
 
 def train_group(
@@ -174,8 +247,6 @@ def train_group(
     """Train same-shape runs (equal `group_key`) as one stacked model; write and return each one's summary.
     on_step(step) is called before each training step (scripts/bench.py times the steps with it)."""
     with job_scope():  # as a lone run: the process's RNG, threads and flags are as they were afterwards
-        if cfgs[0].threads is not None:
-            torch.set_num_threads(cfgs[0].threads)
         return _train_group(cfgs, run_dirs, on_step)
 
 
@@ -188,6 +259,7 @@ def _train_group(
     for cfg in cfgs:
         validate(cfg)
     cfg0 = cfgs[0]
+    apply_process_settings(cfg0)
     datamodule = None
     members: list[Member] = []
     for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
@@ -199,9 +271,9 @@ def _train_group(
     stack = StackedMLP([m.model for m in members]).to(device)
     optimizer_factory = instantiate(cfg0.optim)
     # fused where it exists, as the lone run's fast step: one kernel for every member's update
-    optimizer = (cfg0.fast and fused_optimizer(optimizer_factory, stack.parameters(), False)) or optimizer_factory(
-        stack.parameters()
-    )
+    graph = cfg0.fast and device.type == "cuda"
+    optimizer = cfg0.fast and fused_optimizer(optimizer_factory, stack.parameters(), capturable=graph)
+    group_step = GroupStep(stack, optimizer or optimizer_factory(stack.parameters()), device, graph and bool(optimizer))
     trainer_cfg = cfg0.trainer
     batch_size = cfg0.data.batch_size
     loaders = [
@@ -235,7 +307,7 @@ def _train_group(
                     break
                 if on_step is not None:
                     on_step(step)
-                _train_step(stack, members, optimizer, x, y, step, epoch)
+                _train_step(group_step, members, x, y, step, epoch)
                 step += 1
                 live = [m for m in members if m.divergence is None]
                 progress.update()
@@ -264,20 +336,16 @@ def _train_group(
             if member.stats is not None:
                 member.trainer.global_step = step
                 member.stats._finish(member.trainer)
-    return [_finish(m, step, epochs, device, trainer_cfg) for m in members]
+    kind = "batched, CUDA graph" if group_step.captured else "batched"
+    return [_finish(m, step, epochs, device, trainer_cfg, kind) for m in members]
 
 
-def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, y: Tensor, step: int, epoch: int):
+def _train_step(group_step: GroupStep, members: list[Member], x: Tensor, y: Tensor, step: int, epoch: int) -> None:
+    stack, optimizer = group_step.stack, group_step.optimizer
     observers = [m for m in members if m.observes(step)]
-    optimizer.zero_grad(set_to_none=True)
     # On a logging step the same one pass keeps every layer's tensors, which each observing member's LayerStats
     # gets sliced to its own: what its hooks would capture in a lone run.
-    logits, pre, post = stack.observed_forward(x, keep=bool(observers))
-    per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-    losses_t = per_sample.view(len(members), -1).mean(1)
-    accs_t = (logits.argmax(2) == y).float().mean(1)
-    losses_t.sum().backward()  # each member's gradient is its own loss's
-    losses_t = losses_t.detach()
+    out, pre, post = group_step.forward_backward(x, y, keep=bool(observers))
     for member in observers:
         k = member.index
         grads = [t.grad[k] for t in pre] if all(t.grad is not None for t in pre) else None
@@ -286,7 +354,7 @@ def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, 
             linear.weight.grad = stack.weights[i].grad[k]
             if stack.biases:
                 linear.bias.grad = stack.biases[i].grad[k]
-    losses, accs = torch.stack([losses_t, accs_t.to(losses_t.dtype)]).tolist()  # the group's one host read a step
+    losses, accs = out.tolist()  # the group's one host read a step
     for member in members:
         member.loss, member.acc = losses[member.index], accs[member.index]
         if not math.isfinite(member.loss) and member.divergence is None:
@@ -300,7 +368,7 @@ def _train_step(stack: StackedMLP, members: list[Member], optimizer, x: Tensor, 
             member.frozen = [p[member.index].clone() for p in stack.parameters()]
     for member in observers:
         member.stats.on_before_optimizer_step(member.trainer, member.module, optimizer)
-    optimizer.step()
+    group_step.update()
     with torch.no_grad():
         for member in members:
             if member.frozen:
@@ -340,7 +408,9 @@ def _evaluate(stack: StackedMLP, members: list[Member], datamodule, split: str, 
             member.val_acc_history.append(acc)
 
 
-def _finish(member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig) -> dict[str, Any]:
+def _finish(
+    member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig, kind: str
+) -> dict[str, Any]:
     """The member's summary.json (the fields a lone run writes), its HParams row and its checkpoint."""
     summary = start_summary(member.run_dir, member.start)
     summary["status"] = "ok"
@@ -352,7 +422,7 @@ def _finish(member: Member, step: int, epochs: int, device: torch.device, traine
         log.warning(f"{member.run_dir.name}: diverged: {summary['reason']}")
     summary["metrics"] = final_metrics(member.metrics, member.val_acc_history)
     summary.update(init=member.init_used, steps=steps, epochs=epochs)
-    summary.update(device=str(device), training_step="batched")
+    summary.update(device=str(device), training_step=kind)
     summary["hparams_metrics"] = hparams_metrics(summary, member.stats)
     member.logger.log_hyperparams(summary["config"], summary["hparams_metrics"], step=steps)
     member.logger.save()  # hparams.yaml, as Lightning's loop saves it

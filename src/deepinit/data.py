@@ -40,14 +40,18 @@ class TensorBatches:
     def __len__(self) -> int:
         return -(-self._size() // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def next_order(self) -> Tensor | None:
+        """The sample indices of the next pass, on the data's device (advances the shuffle generator); None
+        when the pass is in order over all samples."""
+        if not (self.shuffle or self.world > 1):
+            return None
         n = len(self.x)
-        if self.shuffle or self.world > 1:
-            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-            order = order[self.rank :: self.world][: self._size()].to(self.x.device)
-            x, y = self.x[order], self.y[order]
-        else:
-            x, y = self.x, self.y
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        return order[self.rank :: self.world][: self._size()].to(self.x.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.next_order()
+        x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
         for start in range(0, len(x), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,32 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy init of cuBLAS, autograd, optimizer state)
+
+T = TypeVar("T")
+
+
+def on_side_stream(fn: Callable[[], T], device: torch.device) -> T:
+    """fn() on a fresh CUDA stream, ordered after the current stream's work and before its next: the eager
+    warm-up steps before a capture run off the default stream, as the capture will."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    return out
+
+
+def capture(fn: Callable[[], T], what: str) -> tuple[torch.cuda.CUDAGraph, T] | None:
+    """fn() captured as a CUDA graph (nothing runs until replay) and its outputs, the tensors each replay
+    rewrites; None, with one log line, if it cannot be captured: that costs speed, never the run."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # TensorBoard's writer thread is not ours
+            out = fn()
+    except Exception as e:
+        log.warning(f"{what}: CUDA graph capture failed ({type(e).__name__}: {e}); running eagerly")
+        return None
+    return graph, out
 
 
 def fused_optimizer(
@@ -111,11 +137,7 @@ class FastStep:
         # Eager. Gradients stay allocated once a graph holds them: its backward writes into those tensors.
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         if self.graph_wanted and self.graph is None:
-            side = torch.cuda.Stream(self.device)  # warm-up runs off the default stream, as capture will
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._body(x, y, backward, step)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            on_side_stream(lambda: self._body(x, y, backward, step), self.device)
         else:
             self._body(x, y, backward, step)
         self.eager_steps += 1
@@ -126,16 +148,13 @@ class FastStep:
         self.static[0].copy_(x)
         self.static[1].copy_(y)
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and later overwrites) them
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # TensorBoard's writer thread is not ours
-                self._body(*self.static, lambda loss: loss.backward(), self.optimizer.step)
-        except Exception as e:  # a capture failure must not end a study run; it only costs speed
-            log.warning(f"fast step: CUDA graph capture failed ({type(e).__name__}: {e}); running eagerly")
+        x, y = self.static
+        captured = capture(lambda: self._body(x, y, lambda loss: loss.backward(), self.optimizer.step), "fast step")
+        if captured is None:
             self.graph_wanted = False
             self.optimizer.zero_grad(set_to_none=True)
             return
-        self.graph = graph
+        self.graph = captured[0]
 
     def read(self) -> dict[str, Any]:
         """The host's one look at the device state (a sync): last loss and accuracy, and divergence if any."""

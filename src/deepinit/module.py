@@ -111,7 +111,10 @@ class Classifier(L.LightningModule):
         step, trainer = self.global_step, self.trainer
         every = self.check_every or (trainer.log_every_n_steps if self.device.type == "cuda" else 1)
         last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
-        if step % max(every, 1) and not last:
+        # Lightning writes train/* to the logger only every log_every_n_steps; logging in between would only
+        # refresh the progress bar, at ~0.8 ms of Lightning's bookkeeping per self.log call
+        log_now = step % max(trainer.log_every_n_steps, 1) == 0 or last
+        if step % max(every, 1) and not log_now:
             return
         state = self.fast_step.read()
         if state["diverged_at"] is not None:
@@ -124,9 +127,9 @@ class Classifier(L.LightningModule):
             }
             trainer.should_stop = True
             return
-        # host tensors: the progress bar reads them every step, which on the GPU would be a sync each time
-        self.log("train/loss", torch.tensor(state["loss"]), prog_bar=True)
-        self.log("train/acc", torch.tensor(state["acc"]))
+        if log_now:  # host tensors: the progress bar reads them every step, on the GPU a sync each time
+            self.log("train/loss", torch.tensor(state["loss"]), prog_bar=True)
+            self.log("train/acc", torch.tensor(state["acc"]))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.divergence is not None:

@@ -77,6 +77,9 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
+
+
 def validate(cfg: DictConfig) -> None:
     checks = [
         (isinstance(cfg.depth, int) and cfg.depth >= 2, f"depth must be an integer >= 2 (got {cfg.depth})"),
@@ -90,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
             f"threads must be null or an integer >= 1 (got {cfg.threads})",
         ),
         (isinstance(cfg.fast, bool), f"fast must be true or false (got {cfg.fast})"),
+        (
+            cfg.matmul_precision in MATMUL_PRECISIONS,
+            f"unknown matmul_precision {cfg.matmul_precision!r}; choose one of: {', '.join(MATMUL_PRECISIONS)}",
+        ),
         (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
         (
             isinstance(cfg.data.batch_size, int) and cfg.data.batch_size >= 1,
@@ -200,6 +207,13 @@ def job_scope() -> Iterator[None]:
         torch.set_rng_state(rng[2])
 
 
+def apply_process_settings(cfg: DictConfig) -> None:
+    """The run's process-wide settings (job_scope restores the process's own afterwards)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; write and return run_dir/summary.json."""
     with job_scope():
@@ -249,8 +263,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         validate(cfg)
         record_config(summary, cfg)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)  # job_scope restores the process's own count afterwards
+        apply_process_settings(cfg)
         datamodule, module, init_used = build(cfg)
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats = layer_stats(cfg, init_used)
