@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("DEEPINIT_DATA", REPO / "data"))
@@ -62,3 +63,47 @@ def read_csv(run_dir: Path) -> dict:
         for row in csv.DictReader(f):
             table[(int(row["step"]), row["group"], row["quantity"])][int(row["layer"])] = float(row["value"])
     return table
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    """The fast steps' CUDA-graph path on CPU, to test its bookkeeping (static inputs, persistent gradients,
+    step counting, the batched halves' order) where no GPU is: the steps want a graph as on CUDA, warm-up
+    runs on the current stream, and a "captured" function is re-run on every replay, its gradients written
+    afresh as a captured backward writes them. Only torch's capture itself is left to the CUDA tests."""
+    import deepinit.batched as batched
+    import deepinit.fast_step as fast_step
+    import deepinit.module as module
+
+    params: list = []
+
+    class Rerun:
+        def __init__(self, fn) -> None:
+            self.fn, self.out = fn, torch.empty(0)
+            self.fresh = [p for p in params if p.grad is None]  # what the captured backward allocated
+
+        def replay(self) -> None:
+            for p in self.fresh:
+                p.grad = None
+            out = self.fn()
+            if isinstance(out, torch.Tensor):
+                self.out.resize_(out.shape).copy_(out)  # the graph's output tensor, rewritten in place
+
+    def rerun_capture(fn, what):
+        graph = Rerun(fn)
+        return graph, graph.out
+
+    def wanting_a_graph(cls):
+        class OnCpu(cls):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                self.graph_wanted = True
+                params[:] = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+        return OnCpu
+
+    for mod in (fast_step, batched):
+        monkeypatch.setattr(mod, "capture", rerun_capture)
+        monkeypatch.setattr(mod, "on_side_stream", lambda fn, device: fn())
+    monkeypatch.setattr(module, "FastStep", wanting_a_graph(fast_step.FastStep))
+    monkeypatch.setattr(batched, "GroupStep", wanting_a_graph(batched.GroupStep))

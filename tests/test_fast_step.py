@@ -177,6 +177,35 @@ def test_the_fast_optimizer_is_fused_and_capturable_where_it_has_the_flag(name, 
     assert fused_optimizer(partial(torch.optim.RMSprop, lr=0.1), params, capturable=False) is None
 
 
+def test_graph_path_trains_counts_and_stops_as_the_eager_step(mnist_module, graphs_on_cpu, tmp_path):
+    """The CUDA-graph path's bookkeeping, on CPU (see graphs_on_cpu): replays between observed eager steps
+    (LayerStats every 7 steps) and warm-up give the eager step's losses and step count, and divergence read
+    every 7 steps stops the run at the eager step's step with its weights."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from deepinit.layer_stats import LayerStats
+
+    curves = {}
+    for fast in (False, True):
+        losses = LossTrajectory()
+        stats = LayerStats(every_n_steps=7, histogram_every_n_steps=0, figures=False, csv_file=None)
+        logger = TensorBoardLogger(tmp_path, name=str(fast), version="")
+        module, _ = fit(
+            mnist_module, "optim=sgd", "depth=10", fast=fast, steps=60, callbacks=[losses, stats], logger=logger,
+            log_every_n_steps=1,
+        )  # fmt: skip
+        curves[fast] = torch.tensor([losses.losses[s] for s in range(1, 61)])
+    assert module.step_kind == "fast, CUDA graph" and module.fast_step.graph is not None
+    torch.testing.assert_close(curves[True], curves[False], rtol=1e-6, atol=1e-7)
+
+    overrides = ("optim=sgd", "optim.lr=3", "depth=10")  # diverges at step 3, after the capture
+    eager, _ = fit(mnist_module, *overrides, fast=False, steps=60)
+    fast, _ = fit(mnist_module, *overrides, fast=True, steps=60, check_every=7)
+    assert fast.fast_step.graph is not None and fast.divergence == eager.divergence | {"loss": fast.divergence["loss"]}
+    for a, b in zip(eager.parameters(), fast.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
 @pytest.mark.parametrize("optim, eager_optim", [("optim=adam", "+optim.fused=true"), ("optim=sgd", "optim=sgd")])
 def test_cuda_graph_step_follows_the_eager_step(mnist_module, optim, eager_optim):
