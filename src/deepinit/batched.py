@@ -11,7 +11,8 @@ its own; the optimizers (Adam, SGD) are elementwise, so one optimizer over stack
 member whose loss stops being finite is frozen (its weights restored after every step; its optimizer state,
 elementwise too, then no longer matters) and recorded as diverged at that step, as a lone run would record
 it; the others go on. On a logging step the one stacked pass keeps every layer's tensors, and each member's
-LayerStats gets its slice: what its hooks would have captured alone.
+LayerStats gets its slice: what its hooks would have captured alone. On CUDA the step's two halves (forward
+and backward, then the update) are replayed from CUDA graphs (GroupStep).
 
 `group_key(cfg)` says which runs can share a group; `train_group(cfgs, run_dirs)` trains one group.
 """
