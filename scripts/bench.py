@@ -213,6 +213,8 @@ def main() -> None:
         f"trainer.max_steps={args.warmup + args.steps + 1}",
         "trainer.limit_val_batches=0",
         "trainer.limit_test_batches=0",
+        "trainer.enable_checkpointing=false",  # what happens after the timed steps: kept short
+        "stats.figures=false",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
