@@ -32,13 +32,11 @@ import torch.nn.functional as F
 import torchvision
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from deepinit.batched import train_group
-from deepinit.layer_stats import LayerStats
-from deepinit.train import build
+from deepinit.train import build, layer_stats
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -117,18 +115,13 @@ def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps:
     return plain_loop(cfg, datamodule, device, warmup, steps, batches())
 
 
-def project_path(
-    cfg, datamodule, device: torch.device, warmup: int, steps: int, stats_name: str, profiler=None
-) -> float:
-    """The project's own training path: Classifier + DataModule through a Lightning Trainer."""
-    _, module, _ = build(cfg, datamodule)
+def project_path(cfg, datamodule, device: torch.device, warmup: int, steps: int, profiler=None) -> float:
+    """The project's own training path: Classifier + DataModule + the run's LayerStats (cfg.stats) through a
+    Lightning Trainer."""
+    _, module, init_used = build(cfg, datamodule)
     timer = StepTimer(warmup, steps, device, profiler)
-    callbacks: list[L.Callback] = [timer]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        stats_cfg = OmegaConf.to_container(compose("train", overrides=[f"stats={stats_name}"]).stats)
-    if stats_cfg.pop("enabled"):
-        stats_cfg["figures"] = False  # drawn once at the end of fit, outside any step
-        callbacks.insert(0, LayerStats(**stats_cfg))
+    stats = layer_stats(cfg, init_used)
+    callbacks: list[L.Callback] = [timer] if stats is None else [stats, timer]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
             accelerator=device.type,
@@ -208,16 +201,17 @@ def main() -> None:
     torch.set_float32_matmul_precision(args.matmul_precision)  # the plain loops' too, not only the project's
     overrides = [f"depth={args.depth}", f"width={args.width}", f"data.batch_size={args.batch}"]
     overrides += [f"matmul_precision={args.matmul_precision}", *([f"optim={args.optim}"] if args.optim else [])]
+    overrides.append("stats.figures=false")  # drawn once at the end of fit, after the timed steps
     group = args.group if args.group is not None else 16 if device.type == "cuda" else 0
     short = [
         f"trainer.max_steps={args.warmup + args.steps + 1}",
         "trainer.limit_val_batches=0",
         "trainer.limit_test_batches=0",
         "trainer.enable_checkpointing=false",  # what happens after the timed steps: kept short
-        "stats.figures=false",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+        off_cfg, full_cfg = (compose("train", overrides=[*overrides, f"stats={name}"]) for name in ("off", "full"))
         eager_cfg = compose("train", overrides=[*overrides, "fast=false"])
         group_cfgs = [
             compose("train", overrides=[*overrides, *short, f"seed={seed}", f"trainer.accelerator={device.type}"])
@@ -228,12 +222,10 @@ def main() -> None:
     reference_name = "reference loop (plain PyTorch)"
     cases = {
         reference_name: lambda: reference_loop(cfg, datamodule, device, warmup, steps),
-        "project, stats off": lambda: project_path(cfg, datamodule, device, warmup, steps, "off"),
-        "project, stats default": lambda: project_path(cfg, datamodule, device, warmup, steps, "default"),
-        "project, stats full": lambda: project_path(cfg, datamodule, device, warmup, steps, "full"),
-        "project, stats default, fast=false": lambda: project_path(
-            eager_cfg, datamodule, device, warmup, steps, "default"
-        ),
+        "project, stats off": lambda: project_path(off_cfg, datamodule, device, warmup, steps),
+        "project, stats default": lambda: project_path(cfg, datamodule, device, warmup, steps),
+        "project, stats full": lambda: project_path(full_cfg, datamodule, device, warmup, steps),
+        "project, stats default, fast=false": lambda: project_path(eager_cfg, datamodule, device, warmup, steps),
         "tutorial pipeline (DataLoader, 0 workers)": lambda: tutorial_pipeline(cfg, datamodule, device, warmup, steps),
     }
     batched_name = f"batched group of {group} runs (stats default, summed)"
@@ -284,7 +276,7 @@ def main() -> None:
             [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
         )
         profiler = torch.profiler.profile(activities=activities)
-        project_path(cfg, datamodule, device, warmup, steps, "default", profiler)
+        project_path(cfg, datamodule, device, warmup, steps, profiler)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         table = profiler.key_averages().table(sort_by=sort, row_limit=20)
         print(f"\nwhere the project step's time goes ({steps} steps, stats default):\n{table}")

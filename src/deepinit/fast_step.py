@@ -128,7 +128,7 @@ class FastStep:
             self.static = (torch.empty_like(x), torch.empty_like(y))
         replayable = self.graph_wanted and not observed and x.shape == self.static[0].shape
         if replayable and self.graph is None and self.eager_steps >= WARMUP_STEPS:
-            self._capture(x, y)
+            self._capture()
         if replayable and self.graph is not None:
             self.static[0].copy_(x)
             self.static[1].copy_(y)
@@ -143,16 +143,14 @@ class FastStep:
         self.eager_steps += 1
         return False
 
-    def _capture(self, x: Tensor, y: Tensor) -> None:
-        """Capture the step once (nothing runs during capture); on failure, stay eager for the rest of the run."""
-        self.static[0].copy_(x)
-        self.static[1].copy_(y)
+    def _capture(self) -> None:
+        """Capture the step once on the static inputs (nothing runs during capture; every replay, this step's
+        first, fills them first); on failure, stay eager for the rest of the run."""
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and later overwrites) them
         x, y = self.static
         captured = capture(lambda: self._body(x, y, lambda loss: loss.backward(), self.optimizer.step), "fast step")
         if captured is None:
-            self.graph_wanted = False
-            self.optimizer.zero_grad(set_to_none=True)
+            self.graph_wanted = False  # the caller's eager step then starts from fresh gradients, as before capture
             return
         self.graph = captured[0]
 

@@ -122,8 +122,9 @@ class BatchedLauncher(Launcher):
             else:
                 groups[group_key(job["cfg"])].append(job)
         chunks: list[list[dict[str, Any]]] = []
+        budget = self._budget()
         for jobs in groups.values():
-            size = max(1, min(self.max_group_size, self._budget() // memory_estimate(jobs[0]["cfg"])))
+            size = max(1, min(self.max_group_size, budget // memory_estimate(jobs[0]["cfg"])))
             chunks += [jobs[i : i + size] for i in range(0, len(jobs), size)]
         alone += [chunk[0] for chunk in chunks if len(chunk) == 1]
         chunks = [chunk for chunk in chunks if len(chunk) > 1]
