@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from deepinit.provision import DataError
 from deepinit.sweep import skip_or_clear, sweep_name
-from deepinit.train import ConfigError, check_group_choices, describe_end, run
+from deepinit.train import ConfigError, NoRoomError, check_group_choices, describe_end, run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("deepinit")
@@ -36,11 +36,11 @@ def main(cfg: DictConfig) -> None:
         message = f"{'data error' if isinstance(e, DataError) else 'error'}: {e}"
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # One job's failure is a row of the sweep report (its summary.json says failed), not the sweep's end.
-            # Bad input is one line; anything else is a bug, whose traceback goes to the job's log.
-            expected = isinstance(e, ConfigError | DataError)
+            # Bad input or a full disk is one line; anything else is a bug, whose traceback goes to the job's log.
+            expected = isinstance(e, ConfigError | DataError | NoRoomError)
             log.error(f"job {hydra_cfg.job.num} failed: {message}", exc_info=not expected)
             return
-        if isinstance(e, ConfigError | DataError):
+        if isinstance(e, ConfigError | DataError | NoRoomError):
             sys.exit(message)  # exit status 1, the message alone on stderr
         raise
     if rank_zero_only.rank == 0:  # under DDP, once

@@ -1,4 +1,5 @@
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,22 @@ def mnist_module(mnist_root):
     return dm
 
 
-def train_cli(*overrides: str, runs_dir: Path, data_root: Path | None = None, timeout: int = 600):
-    """Run scripts/train.py exactly as a user would; returns the CompletedProcess."""
+def train_cli(
+    *overrides: str,
+    runs_dir: Path,
+    data_root: Path | None = None,
+    timeout: int = 600,
+    max_file_bytes: int | None = None,
+):
+    """Run scripts/train.py exactly as a user would; returns the CompletedProcess.
+    max_file_bytes: the largest file the run may write (ulimit -f), to meet a full disk for real."""
     env = {**os.environ, "DEEPINIT_DATA": str(data_root or DATA_ROOT), "PYTHONUNBUFFERED": "1"}
     flags = [o for o in overrides if o.startswith("-")]  # Hydra's -m must come before the overrides
     rest = [o for o in overrides if not o.startswith("-")]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}", *rest]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    # Python ignores SIGXFSZ, so a write past the limit is an OSError (EFBIG), as ENOSPC is on a full disk.
+    limit = None if max_file_bytes is None else lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes,) * 2)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, preexec_fn=limit)
 
 
 def compose_cfg(*overrides: str, data_root: Path = DATA_ROOT):

@@ -74,6 +74,21 @@ def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_
     assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: ok in an earlier run") == 4
 
 
+def test_a_full_disk_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
+    # Files over 1 MB cannot be written: the members' checkpoints (3 MB) fail as they would on a full disk.
+    done = train_cli(
+        "-m", "hydra/launcher=batched", "trainer.max_steps=5", "stats=off", *TINY,
+        runs_dir=tmp_path, data_root=mnist_root, max_file_bytes=1 << 20,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-2000:]  # the sweep itself goes on
+    assert "batched group failed: NoRoomError: no room to write the run's files in " in output
+    sweep, summaries = _summaries(tmp_path)
+    assert [s["status"] for s in summaries] == ["failed", "failed"]
+    assert all(s["reason"].startswith("NoRoomError: no room to write") for s in summaries)
+    assert not list(sweep.rglob("*.ckpt*"))  # no partial checkpoint
+
+
 def test_batched_launcher_refuses_a_bad_group_size(tmp_path, mnist_root):
     done = train_cli(
         "-m", "hydra/launcher=batched", "hydra.launcher.max_group_size=0", runs_dir=tmp_path, data_root=mnist_root

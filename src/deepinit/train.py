@@ -7,11 +7,13 @@ Hydra composes anything.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -45,6 +47,33 @@ warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
 class ConfigError(ValueError):
     """A setting the study cannot run with; the message names it and the valid choices."""
+
+
+class NoRoomError(RuntimeError):
+    """A run could not write its files: the disk, a quota or the file-size limit is full."""
+
+
+# ENOSPC: disk full; EDQUOT: quota; EFBIG: the process's file-size limit (ulimit -f)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_room(error: BaseException, run_dir: Path) -> NoRoomError | None:
+    """The one-line error for a write that failed for want of space (anywhere in error's chain), else None."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, NoRoomError):
+            return cause
+        if isinstance(cause, OSError) and cause.errno in NO_ROOM:
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free / 2**20
+    return NoRoomError(
+        f"no room to write the run's files in {run_dir} ({cause.strerror}; {free:,.0f} MiB free there); free some"
+        " space, or leave out the checkpoints (the largest files) with trainer.enable_checkpointing=false",
+    )
 
 
 class RunLogger(TensorBoardLogger):
@@ -301,14 +330,25 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["reason"] = str(e)
         raise
     except Exception as e:
-        summary["reason"] = f"{type(e).__name__}: {e}"
+        full = no_room(e, run_dir)
+        summary["reason"] = str(full) if full else f"{type(e).__name__}: {e}"
+        if full:
+            raise full from e
         raise
     finally:
         if logger is not None:
             logger.close(summary["status"])
         summary["wall_time_s"] = round(time.time() - start, 2)
         if rank_zero_only.rank == 0:  # under DDP the other processes ran the same job; one writes its summary
-            write_summary(run_dir, summary)
+            try:
+                write_summary(run_dir, summary)
+            except OSError as e:
+                if summary["status"] != "failed":
+                    full = no_room(e, run_dir)
+                    if full:
+                        raise full from e
+                    raise
+                log.error(f"{run_dir / 'summary.json'} not written: {e}")  # the run's own error goes on up
     return summary
 
 

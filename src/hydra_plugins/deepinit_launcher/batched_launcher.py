@@ -78,7 +78,7 @@ class BatchedLauncher(Launcher):
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group
         from deepinit.sweep import skip_or_clear
-        from deepinit.train import describe_end, run
+        from deepinit.train import describe_end, no_room, run
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -136,8 +136,9 @@ class BatchedLauncher(Launcher):
             try:
                 results = train_group([j["cfg"] for j in chunk], [j["run_dir"] for j in chunk])
             except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
-                log.error(f"batched group failed: {type(e).__name__}: {e}", exc_info=True)
-                results = [_failed(j["run_dir"], e) for j in chunk]
+                error = no_room(e, Path(chunk[0]["run_dir"])) or e  # a full disk is one line, not a traceback
+                log.error(f"batched group failed: {type(error).__name__}: {error}", exc_info=error is e)
+                results = [_failed(j["run_dir"], error) for j in chunk]
             summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
         for job in alone:
             try:
