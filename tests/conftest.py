@@ -1,7 +1,9 @@
 import os
 import resource
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,22 @@ def mnist_module(mnist_root):
     dm = MNISTDataModule(root=str(mnist_root), download=False)
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[dict]:
+    """train_cli's arguments for a run that meets a full disk: its runs_dir on a 2 MB tmpfs where this machine
+    lets us mount one (ENOSPC, on another filesystem than the temp folder, as a full data disk is), else a 1 MB
+    limit on any file it writes (ulimit -f: EFBIG). Either way its checkpoint (3 MB) does not fit."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    mounted = shutil.which("mount") is not None and subprocess.run(mount, capture_output=True).returncode == 0
+    try:
+        yield {"runs_dir": disk} if mounted else {"runs_dir": disk, "max_file_bytes": 1 << 20}
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
 
 
 def train_cli(

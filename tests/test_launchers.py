@@ -74,19 +74,18 @@ def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_
     assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: ok in an earlier run") == 4
 
 
-def test_a_full_disk_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
-    # Files over 1 MB cannot be written: the members' checkpoints (3 MB) fail as they would on a full disk.
+def test_a_full_disk_fails_a_batched_group_in_one_line(mnist_root, full_disk):
     done = train_cli(
-        "-m", "hydra/launcher=batched", "trainer.max_steps=5", "stats=off", *TINY,
-        runs_dir=tmp_path, data_root=mnist_root, max_file_bytes=1 << 20,
+        "-m", "hydra/launcher=batched", "trainer.max_steps=5", "stats=off", *TINY, data_root=mnist_root, **full_disk
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-2000:]  # the sweep itself goes on
-    assert "batched group failed: NoRoomError: no room to write the run's files in " in output
-    sweep, summaries = _summaries(tmp_path)
+    sweep, summaries = _summaries(full_disk["runs_dir"])
+    assert f"batched group failed: NoRoomError: no room to write the run's files in {sweep} (" in output
     assert [s["status"] for s in summaries] == ["failed", "failed"]
     assert all(s["reason"].startswith("NoRoomError: no room to write") for s in summaries)
-    assert not list(sweep.rglob("*.ckpt*"))  # no partial checkpoint
+    assert "2 runs: 2 failed" in output
+    assert not list(sweep.rglob("*.ckpt*"))  # no truncated checkpoint
 
 
 def test_batched_launcher_refuses_a_bad_group_size(tmp_path, mnist_root):

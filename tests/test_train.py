@@ -91,21 +91,20 @@ def test_corrupted_data_file_is_named_not_trained_on(tmp_path, mnist_root):
     assert line.startswith("data error: ") and str(images) in line and "re-provision" in line
 
 
-def test_a_full_disk_is_one_clear_line_and_keeps_what_the_run_wrote(tmp_path, mnist_root):
-    # Files over 1 MB cannot be written: the checkpoint (6 MB) fails as it would on a full disk.
+def test_a_full_disk_is_one_clear_line_and_keeps_what_the_run_wrote(mnist_root, full_disk):
     done = train_cli(
         "depth=3", "stats=off", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1", runs_dir=tmp_path, data_root=mnist_root, max_file_bytes=1 << 20,
+        "trainer.log_every_n_steps=1", data_root=mnist_root, **full_disk,
     )  # fmt: skip
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
-    run = only_run(tmp_path)
-    assert line.startswith(f"error: no room to write the run's files in {run} (File too large; ")
+    run = only_run(full_disk["runs_dir"])
+    assert line.startswith(f"error: no room to write the run's files in {run} (")
     assert line.endswith("trainer.enable_checkpointing=false")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"] == line.removeprefix("error: ")
     assert read_events(run).Scalars("train/loss")  # what the run logged before the checkpoint stays
-    assert not list(run.rglob("*.ckpt*"))  # no partial checkpoint
+    assert not list(run.rglob("*.ckpt*"))  # no truncated checkpoint
 
 
 def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):

@@ -55,6 +55,7 @@ from deepinit.train import (
     start_summary,
     validate,
     write_summary,
+    write_whole,
 )
 
 log = logging.getLogger(__name__)
@@ -410,19 +411,6 @@ def _evaluate(stack: StackedMLP, members: list[Member], datamodule, split: str, 
             member.val_acc_history.append(acc)
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """torch.save, whole or not at all (as Lightning saves): through memory, so a full disk is an OSError that
-    says so, and a partial file is removed."""
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    part = path.with_name(path.name + ".part")
-    try:
-        part.write_bytes(buffer.getbuffer())
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
-
-
 def _finish(
     member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig, kind: str
 ) -> dict[str, Any]:
@@ -449,9 +437,9 @@ def _finish(
         state = {f"model.{k}": v.detach().cpu().clone() for k, v in member.model.state_dict().items()}
         last_epoch = max(summary["epochs"] - 1, 0)
         checkpoint = {"epoch": last_epoch, "global_step": steps, "state_dict": state}
-        save_checkpoint(
-            checkpoint | {"pytorch-lightning_version": L.__version__}, folder / f"epoch={last_epoch}-step={steps}.ckpt"
-        )
+        buffer = io.BytesIO()  # through memory, so that a full disk is an OSError that says so
+        torch.save(checkpoint | {"pytorch-lightning_version": L.__version__}, buffer)
+        write_whole(folder / f"epoch={last_epoch}-step={steps}.ckpt", buffer.getbuffer())
     summary["wall_time_s"] = round(time.time() - member.start, 2)
     write_summary(member.run_dir, summary)
     return summary

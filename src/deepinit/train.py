@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -282,7 +283,25 @@ def final_metrics(metrics: dict[str, float], val_acc_history: list[float]) -> di
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    write_whole(run_dir / "summary.json", (json.dumps(_finite(summary), indent=2) + "\n").encode())
+
+
+def write_whole(path: Path, data: bytes | memoryview) -> None:
+    """Write path whole or not at all: a full disk leaves no truncated file to be read as a result."""
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_bytes(data)
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def remove_truncated_checkpoints(run_dir: Path) -> None:
+    """Lightning writes a checkpoint to the temp folder and then copies it into place, so a full disk can leave a
+    truncated one; a checkpoint is a zip archive, whose directory is written last."""
+    for checkpoint in run_dir.glob("checkpoints/*.ckpt"):
+        if not zipfile.is_zipfile(checkpoint):
+            checkpoint.unlink()
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -331,8 +350,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     except Exception as e:
         full = no_room(e, run_dir)
-        summary["reason"] = str(full) if full else f"{type(e).__name__}: {e}"
+        summary["reason"] = str(full or f"{type(e).__name__}: {e}")
         if full:
+            remove_truncated_checkpoints(run_dir)  # which also leaves room for summary.json
             raise full from e
         raise
     finally:
@@ -343,12 +363,12 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             try:
                 write_summary(run_dir, summary)
             except OSError as e:
-                if summary["status"] != "failed":
-                    full = no_room(e, run_dir)
-                    if full:
-                        raise full from e
+                if summary["status"] == "failed":  # the run's own error goes on up
+                    log.error(f"{run_dir / 'summary.json'} not written: {e}")
+                elif full := no_room(e, run_dir):
+                    raise full from e
+                else:
                     raise
-                log.error(f"{run_dir / 'summary.json'} not written: {e}")  # the run's own error goes on up
     return summary
 
 
@@ -387,6 +407,8 @@ def _finite(obj: Any) -> Any:
 def describe_end(summary: dict[str, Any], runs_root: Path) -> str:
     m = summary.get("metrics") or {}
     parts = [f"deepinit: {summary['status']}"]
+    if summary["status"] == "failed" and summary.get("reason"):
+        parts.append(summary["reason"])
     if m.get("test_acc") is not None:
         parts.append(f"test acc {m['test_acc']:.4f} (loss {m['test_loss']:.4f})")
     if m.get("best_val_acc") is not None:

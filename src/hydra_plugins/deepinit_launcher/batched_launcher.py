@@ -11,6 +11,7 @@ clipping or accumulation, an optimizer that is not elementwise), and groups of o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -136,7 +137,7 @@ class BatchedLauncher(Launcher):
             try:
                 results = train_group([j["cfg"] for j in chunk], [j["run_dir"] for j in chunk])
             except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
-                error = no_room(e, Path(chunk[0]["run_dir"])) or e  # a full disk is one line, not a traceback
+                error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: one line, no traceback
                 log.error(f"batched group failed: {type(error).__name__}: {error}", exc_info=error is e)
                 results = [_failed(j["run_dir"], error) for j in chunk]
             summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
@@ -159,9 +160,13 @@ class BatchedLauncher(Launcher):
 
 
 def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
+    """The job's summary after its failure: its own summary.json where it wrote one (a lone run's failure, or a
+    group member that had finished when a later member failed), else a new one saying failed."""
     from deepinit.train import write_summary
 
+    path = Path(run_dir) / "summary.json"
+    if path.exists():
+        return json.loads(path.read_text())
     summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
-    if not (Path(run_dir) / "summary.json").exists():  # a run that wrote its own (a lone run's failure) keeps it
-        write_summary(Path(run_dir), summary)
+    write_summary(Path(run_dir), summary)
     return summary
