@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from deepinit.batched import train_group
-from deepinit.train import build, layer_stats
+from deepinit.train import MATMUL_PRECISIONS, build, layer_stats
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument(
         "--matmul-precision",
         default="highest",
-        choices=["highest", "high", "medium"],
+        choices=MATMUL_PRECISIONS,
         help="float32 matmuls for every case (high: TF32 on GPU tensor cores); the project's matmul_precision",
     )
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
