@@ -1,10 +1,11 @@
-# make train: install into .venv (once) and run the default study; make test: install and run the suite.
+# make train: install into .venv (once) and run the default study; make test: install and run the suite;
+# make test-kernels: the equivalence tests under ATEN_CPU_CAPABILITY=default (CI runs both).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test lint
+.PHONY: install train test test-kernels lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,3 +21,8 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The tests that compare two code paths, again with torch's narrowest CPU kernels: a test that holds only for
+# the kernels this CPU picks (avx512, avx2) shows here on any machine.
+test-kernels: install
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest tests/test_fast_step.py tests/test_batched.py

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose_cfg, read_csv, read_events
+from conftest import compose_cfg, improved, read_csv, read_events
 from deepinit.batched import StackedMLP, group_key, train_group
 from deepinit.train import build, run
 
@@ -45,11 +45,17 @@ def test_members_follow_their_lone_loss_trajectories(lone_and_batched):
     root, _, lone, batched = lone_and_batched
     for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):
         a, b = scalars(root / f"lone_{init}", "train/loss"), scalars(root / f"batched_{init}", "train/loss")
-        assert len(a) == len(b) == 50 and a[-1] < a[0]
+        assert len(a) == len(b) == 50 and improved(a, 0)  # xavier at depth 10 learns slowly: 2.30 -> 2.28
         relative = (a - b).abs() / a
-        # Batched and single matmuls round differently in the last bits; a ReLU net's training amplifies that
-        # (measured: 0 to 1e-7 over the first steps, growing to ~4e-3 by step 50, as a 1-ulp change would).
-        assert relative[0] < 1e-6 and relative[:5].max() < 1e-5 and relative.max() < 2e-2
+        # Batched and single matmuls sum in other orders, and which order depends on the kernels the CPU picks.
+        # Step 0 is one forward pass: float32 sums over fan-in n differ by ~sqrt(n) eps per layer, so the bound is
+        # depth * sqrt(784) * eps (1.7e-5; measured 0 to 1e-7). Training amplifies the difference as it amplifies
+        # any 1-ulp change (measured ~4e-3 by step 50), so later steps are compared as a chart shows them: means
+        # of 10 steps, which a wrong member (another init, other batches) misses by far more.
+        eps = torch.finfo(torch.float32).eps
+        assert relative[0] < 10 * 784**0.5 * eps and relative[:5].max() < 1e-4
+        a10, b10 = a.view(5, 10).mean(1), b.view(5, 10).mean(1)
+        assert ((a10 - b10).abs() / a10).max() < 1e-2
         assert abs(alone["metrics"]["test_acc"] - member["metrics"]["test_acc"]) < 0.01
 
 
@@ -131,7 +137,7 @@ def graph_group_against_eager_group(tmp_path, mnist_root, accelerator: str) -> N
     assert graph[1]["reason"] == eager[1]["reason"] and graph[1]["divergence"]["step"] == 0
     for init in ("kaiming", "orthogonal"):
         a, b = scalars(tmp_path / "false" / init, "train/loss"), scalars(tmp_path / "true" / init, "train/loss")
-        assert len(a) == len(b) == 60 and a[-1] < a[0]
+        assert len(a) == len(b) == 60 and improved(a, 0.2)  # depth 50, SGD: 2.5 -> 2.2 in 60 steps
         relative = (a - b).abs() / a
         if accelerator == "cpu":  # the same code on the same tensors
             assert relative.max() == 0

@@ -90,7 +90,9 @@ class FastStep:
         self.diverged_at = torch.full((), -1, dtype=torch.long, **zero)
         self.diverged_loss = torch.zeros((), **zero)
         self.diverged_n = torch.zeros((), dtype=torch.long, **zero)
-        self.skip = torch.zeros((), **zero)  # the optimizer's found_inf: 1 from the first non-finite loss on
+        # the optimizer's found_inf: 1 from the first non-finite loss on. float32 whatever the run's precision: the
+        # fused kernels take no other (and under precision=64-true this runs where float64 is the default dtype)
+        self.skip = torch.zeros((), dtype=torch.float32, **zero)
         self.loss = torch.zeros((), **zero)
         self.acc = torch.zeros((), **zero)
         self.diverged_x: Tensor | None = None  # sized by the first batch: the largest one
