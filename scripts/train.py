@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from deepinit.provision import DataError
 from deepinit.sweep import skip_or_clear, sweep_name
-from deepinit.train import ConfigError, NoRoomError, check_group_choices, describe_end, run
+from deepinit.train import ConfigError, NoRoomError, check_group_choices, check_runs_dir, describe_end, run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("deepinit")
@@ -61,6 +61,7 @@ def name_the_sweep(argv: list[str]) -> None:
 if __name__ == "__main__":
     try:
         check_group_choices(sys.argv[1:], CONF_DIR)
+        check_runs_dir(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"error: {e}")
     name_the_sweep(sys.argv)

@@ -71,12 +71,18 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
         ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
         ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),
         ("matmul_precision=tf32", "unknown matmul_precision 'tf32'; choose one of: highest, high, medium"),
+        ("seed=abc", "seed must be an integer (got 'abc')"),
+        ("stats.every_n_steps=0", "stats.every_n_steps must be an integer >= 1 (got 0)"),
+        ("stats.histogram_every_n_steps=-1", "stats.histogram_every_n_steps must be an integer >= 0"),
+        ("runs_dir=/proc/nope", "runs_dir=/proc/nope cannot be made (No such file or directory); choose a folder"),
+        ("trainer.max_epochs=-5", "lightning.Trainer rejects the trainer.* settings: `max_epochs` must be a non-neg"),
+        ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1 (got 0)"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
     done = train_cli(override, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode != 0
-    assert "Traceback" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout and "HYDRA_FULL_ERROR" not in done.stderr + done.stdout
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: {message}")
 

@@ -49,8 +49,12 @@ class LayerStats(L.Callback):
         unknown = set(groups) - set(stats.GROUPS)
         if unknown:
             raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
-        if every_n_steps < 1:
-            raise ValueError(f"stats.every_n_steps must be >= 1 (got {every_n_steps})")
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"stats.every_n_steps must be an integer >= 1 (got {every_n_steps})")
+        if not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
+            raise ValueError(
+                f"stats.histogram_every_n_steps must be an integer >= 0, 0 for none (got {histogram_every_n_steps})"
+            )
         self.every_n_steps = every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
         self.groups = set(groups)

@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -103,6 +104,20 @@ def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
                 raise ConfigError(f"unknown {key} {choice!r}; choose one of: {', '.join(choices)}")
 
 
+def check_runs_dir(overrides: Sequence[str]) -> None:
+    """Raise ConfigError when a `runs_dir=` override names a folder that cannot be made: Hydra makes the run's
+    folder before any of our code runs, and would answer with a traceback."""
+    values = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("runs_dir=")]
+    if not values or "," in values[-1]:
+        return
+    try:
+        Path(values[-1]).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"runs_dir={values[-1]} cannot be made ({e.strerror}); choose a folder you can write to"
+        ) from None
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -127,10 +142,15 @@ def validate(cfg: DictConfig) -> None:
             cfg.matmul_precision in MATMUL_PRECISIONS,
             f"unknown matmul_precision {cfg.matmul_precision!r}; choose one of: {', '.join(MATMUL_PRECISIONS)}",
         ),
+        (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"seed must be an integer (got {cfg.seed!r})"),
         (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
         (
             isinstance(cfg.data.batch_size, int) and cfg.data.batch_size >= 1,
             f"data.batch_size must be an integer >= 1 (got {cfg.data.batch_size})",
+        ),
+        (
+            isinstance(cfg.data.eval_batch_size, int) and cfg.data.eval_batch_size >= 1,
+            f"data.eval_batch_size must be an integer >= 1 (got {cfg.data.eval_batch_size})",
         ),
     ]
     for ok, message in checks:
@@ -207,7 +227,19 @@ def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None
         "std": cfg.init.get("std"),
         "bias_std": cfg.init.get("bias_std"),
     }
-    return LayerStats(**stats_cfg, theory=theory)
+    try:
+        return LayerStats(**stats_cfg, theory=theory)
+    except (TypeError, ValueError) as e:  # LayerStats checks its own settings; here they are the stats.* keys
+        raise ConfigError(str(e)) from None
+
+
+def make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """lightning.Trainer from `trainer.*`; a setting Lightning rejects is one ConfigError line with its reason."""
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"lightning.Trainer rejects the trainer.* settings: {cause}") from None
 
 
 @contextmanager
@@ -316,7 +348,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats = layer_stats(cfg, init_used)
         callbacks = [stats] if stats is not None else []
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        trainer = make_trainer(cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         check_strategy(trainer)
         device = trainer.strategy.root_device
         threads = torch.get_num_threads()
