@@ -33,6 +33,14 @@ class TensorBatches:
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
         self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
+        self._skip = 0  # batches of the next pass already trained before an interruption (resume_at)
+
+    def resume_at(self, passes: int, batches: int) -> None:
+        """Go on as the loader of an interrupted run: its first `passes` shuffles are drawn again (the run trained
+        on them), and the next pass, the one it was in, starts after its first `batches` batches."""
+        for _ in range(passes):
+            self.next_order()
+        self._skip = batches
 
     def _size(self) -> int:
         return len(self.x) // self.world
@@ -52,7 +60,8 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.next_order()
         x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
-        for start in range(0, len(x), self.batch_size):
+        skip, self._skip = self._skip, 0
+        for start in range(skip * self.batch_size, len(x), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
@@ -109,9 +118,16 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         # data.batch_size is per process: under DDP on k devices a step sees k * batch_size samples
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        return TensorBatches(
+        batches = TensorBatches(
             *self.splits["train"], self.batch_size, shuffle=True, seed=self.shuffle_seed, rank=rank, world=world
         )
+        loop = self.trainer.fit_loop if self.trainer is not None else None
+        if loop is not None and loop.restarting:
+            # Resumed from a checkpoint taken mid-epoch (Ctrl-C): Lightning has restored its loops' progress and
+            # redoes the batch it was in, so the data goes on from the first batch not yet trained (processed:
+            # the batch whose step had finished counts, as Lightning then counts it), in the same shuffle.
+            batches.resume_at(loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed)
+        return batches
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.splits["val"], self.eval_batch_size)

@@ -65,6 +65,18 @@ class LayerStats(L.Callback):
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
         self._step: int | None = None
 
+    # --- checkpoint: a resumed run's figures and theory span the whole run, and step 0 is not predicted again ----
+    def state_dict(self) -> dict[str, Any]:
+        # tensors, not numpy arrays: Lightning loads checkpoints with torch.load(weights_only=True)
+        history = {key: [(step, torch.from_numpy(v)) for step, v in rows] for key, rows in self.history.items()}
+        return {"history": history, "prediction": {k: torch.from_numpy(v) for k, v in self.prediction.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = defaultdict(list)
+        for key, rows in state_dict["history"].items():
+            self.history[tuple(key)] = [(int(step), v.numpy()) for step, v in rows]
+        self.prediction = {k: v.numpy() for k, v in state_dict["prediction"].items()}
+
     # --- set-up -------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.active = trainer.is_global_zero  # under DDP one process observes (the weights are the same on all)

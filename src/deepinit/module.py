@@ -143,6 +143,20 @@ class Classifier(L.LightningModule):
         if self.divergence is None and "val/acc" in self.trainer.callback_metrics:
             self.val_acc_history.append(self.trainer.callback_metrics["val/acc"].item())
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Resumed after Ctrl-C: Lightning bumps its logging-step counter by one on a restart, as if the checkpoint
+        # had been saved at a batch's end; a Ctrl-C checkpoint is taken mid-batch, so the counter would run one
+        # ahead of the optimizer steps (which it equals without accumulation) and the logged steps would shift.
+        loop, trainer = self.trainer.fit_loop.epoch_loop, self.trainer
+        if trainer.accumulate_grad_batches == 1 and loop._batches_that_stepped != trainer.global_step:
+            loop._batches_that_stepped = trainer.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_acc_history"] = self.val_acc_history  # best_val_acc of a resumed run spans all its epochs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_acc_history = list(checkpoint.get("val_acc_history", []))
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, acc = self._loss_acc(batch)
         self.log("test/loss", loss, sync_dist=True)

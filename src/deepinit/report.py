@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from deepinit.figures import plt
+from deepinit.sweep import running_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,14 @@ COLUMNS = [
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder (a folder holding .hydra/); a job that wrote no summary.json is 'missing'."""
+    """One row per job folder (a folder holding .hydra/); a job that wrote no summary.json is 'missing', one that
+    another process is running is 'running'."""
     rows = []
     for job in sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra")):
         path = job / "summary.json"
+        if running_elsewhere(job):  # its summary.json, if any, is an earlier attempt's
+            rows.append({"job": job.name, "status": "running", "reason": "running in another process"})
+            continue
         if not path.exists():
             rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)"})
             continue

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import BaseFileLock, FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 # Where a sweep writes or what it reads from does not change its results, so it does not change its name.
-NOT_IN_NAME = {"runs_dir", "data.root", "force", "sweep_name", "threads"}
-FINISHED = ("ok", "diverged")  # a rerun would repeat these exactly; failed, interrupted and missing jobs run again
+NOT_IN_NAME = {"runs_dir", "data.root", "force", "sweep_name", "threads", "resume"}
+FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
 MAX_NAME = 100
 
 
@@ -46,14 +47,35 @@ def _identity(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def finished_summary(job_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The summary of an earlier attempt at this job if it finished with the same settings, else None."""
+INTERRUPTED_CHECKPOINT = "checkpoints/interrupted.ckpt"  # what Ctrl-C leaves (deepinit.train.InterruptCheckpoint)
+
+
+def earlier_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The summary.json an earlier attempt at this job wrote, or None."""
     try:
-        summary = json.loads((Path(job_dir) / "summary.json").read_text())
+        return json.loads((Path(job_dir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    same = _identity(summary.get("settings") or {}) == _identity(OmegaConf.to_container(cfg, resolve=True))
-    return summary if summary.get("status") in FINISHED and same else None
+
+
+def same_settings(summary: dict[str, Any], cfg: DictConfig) -> bool:
+    """Whether an earlier attempt ran with the settings that decide a run's results."""
+    return _identity(summary.get("settings") or {}) == _identity(OmegaConf.to_container(cfg, resolve=True))
+
+
+def resume_point(job_dir: Path, cfg: DictConfig) -> Path | None:
+    """The checkpoint an interrupted attempt with these settings left, to go on from, else None."""
+    summary = earlier_summary(job_dir)
+    checkpoint = Path(job_dir) / INTERRUPTED_CHECKPOINT
+    interrupted = summary is not None and summary.get("status") == "interrupted" and same_settings(summary, cfg)
+    return checkpoint if interrupted and checkpoint.is_file() else None
+
+
+def finished_summary(job_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of an earlier attempt at this job if it finished with the same settings, else None."""
+    summary = earlier_summary(job_dir)
+    finished = summary is not None and summary.get("status") in FINISHED and same_settings(summary, cfg)
+    return summary if finished else None
 
 
 def clear_attempt(job_dir: Path) -> list[str]:
@@ -66,6 +88,41 @@ def clear_attempt(job_dir: Path) -> list[str]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
         removed.append(path.name)
     return removed
+
+
+def lock_path(job_dir: Path, rank: int = 0) -> Path:
+    """The job's lock file (in Hydra's .hydra/, which clearing an attempt keeps); under torchrun each rank walks
+    the grid and takes its own."""
+    return Path(job_dir) / ".hydra" / ("job.lock" if rank == 0 else f"job.rank{rank}.lock")
+
+
+def claim(job_dir: Path, job_num: int, rank: int = 0) -> BaseFileLock | None:
+    """The job's lock, held by this process until released (the OS releases it if the process dies), or None,
+    with one log line, when another process is running the job: the same sweep started twice (a rerun to resume
+    while the first still runs, a requeued cluster job) then runs each job once."""
+    path = lock_path(job_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        log.info(f"job {job_num} skipped: running in another process (it holds {path})")
+        return None
+    return lock
+
+
+def running_elsewhere(job_dir: Path) -> bool:
+    """Whether some process holds the job's lock now (the sweep report's 'running')."""
+    path = lock_path(job_dir)
+    if not path.exists():
+        return False
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def skip_or_clear(job_dir: Path, cfg: DictConfig, job_num: int, clear: bool = True) -> dict[str, Any] | None:

@@ -14,6 +14,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 import warnings
 import zipfile
@@ -30,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
@@ -40,6 +43,7 @@ from deepinit.layer_stats import LayerStats
 from deepinit.model import ACTIVATIONS, MLP
 from deepinit.module import Classifier
 from deepinit.provision import DataError
+from deepinit.sweep import INTERRUPTED_CHECKPOINT, clear_attempt, earlier_summary, same_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,29 @@ class ConfigError(ValueError):
 
 class NoRoomError(RuntimeError):
     """A run could not write its files: the disk, a quota or the file-size limit is full."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; its summary says interrupted. A KeyboardInterrupt still, so that it stops a sweep
+    (Hydra's launchers record an Exception as the job's failure and go on)."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__(summary["reason"])
+        self.summary = summary
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Lightning's on-exception checkpoint, for Ctrl-C only (a failing run, a full disk above all, gets none):
+    the state the run reached, which `resume=` goes on from. Removed when a run that uses it ends well."""
+
+    def __init__(self, run_dir: Path) -> None:
+        checkpoint = Path(run_dir) / INTERRUPTED_CHECKPOINT
+        super().__init__(dirpath=checkpoint.parent, filename=checkpoint.stem)
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        exception = args[-1] if args else kwargs.get("exception")
+        if isinstance(exception, KeyboardInterrupt):
+            super().on_exception(trainer, *args, **kwargs)
 
 
 # ENOSPC: disk full; EDQUOT: quota; EFBIG: the process's file-size limit (ulimit -f)
@@ -245,16 +272,20 @@ def make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
 @contextmanager
 def job_scope() -> Iterator[None]:
     """Restore, when a run ends, the process-wide state it changes: RNG streams, Lightning's seed variables,
-    determinism and precision flags, the thread count. Jobs that share a process (Hydra's basic launcher, a
-    joblib worker) then start alike, whatever ran before them."""
+    determinism and precision flags, the thread count, the Ctrl-C handler. Jobs that share a process (Hydra's
+    basic launcher, a joblib worker) then start alike, whatever ran before them."""
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")}
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
     rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None  # Lightning ignores Ctrl-C after the first
     try:
         yield
     finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -276,10 +307,11 @@ def apply_process_settings(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and test one configuration; write and return run_dir/summary.json."""
+def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train and test one configuration; write and return run_dir/summary.json. resume: go on from the checkpoint
+    an interrupted attempt left in run_dir (with no checkpoint, start it over there)."""
     with job_scope():
-        return _run(cfg, Path(run_dir))
+        return _run(cfg, Path(run_dir), resume)
 
 
 def start_summary(run_dir: Path, start: float) -> dict[str, Any]:
@@ -336,19 +368,57 @@ def remove_truncated_checkpoints(run_dir: Path) -> None:
             checkpoint.unlink()
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def resume_from(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> Path | None:
+    """The checkpoint to go on from in run_dir, with the interrupted attempt's history carried into `summary`;
+    None (run_dir cleared) when the attempt left none. ConfigError when it ran with other settings."""
+    earlier = earlier_summary(run_dir)
+    if earlier is None or earlier.get("status") != "interrupted":
+        status = "no summary.json" if earlier is None else f"its status is {earlier.get('status')}"
+        raise ConfigError(f"resume={run_dir}: nothing to resume ({status}); only an interrupted run resumes")
+    if not same_settings(earlier, cfg):
+        raise ConfigError(f"resume={run_dir}: the config composed now differs from the run's own; edit it back first")
+    checkpoint = run_dir / INTERRUPTED_CHECKPOINT
+    if not checkpoint.is_file():  # interrupted before its first step: nothing to go on from
+        log.info(f"resuming {run_dir}: no checkpoint was left, so the run starts over there")
+        clear_attempt(run_dir)
+        return None
+    # the run's history: its first start, then each resumption (when, from which step)
+    summary["resumed"] = [*earlier.get("resumed", []), {"at_step": earlier.get("steps"), "at": summary["started"]}]
+    summary["started"] = earlier["started"]
+    summary["earlier_wall_time_s"] = earlier.get("wall_time_s", 0) + earlier.get("earlier_wall_time_s", 0)
+    return checkpoint
+
+
+def record_interruption(summary: dict[str, Any], trainer: L.Trainer | None, run_dir: Path) -> None:
+    """status interrupted, where, and how to go on."""
+    checkpoint = run_dir / INTERRUPTED_CHECKPOINT
+    where = "before training started"
+    if trainer is not None:
+        summary.update(steps=trainer.global_step, epochs=trainer.current_epoch)
+        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+    kept = f"checkpoint {checkpoint}" if checkpoint.is_file() else "no checkpoint (it starts over)"
+    summary.update(status="interrupted", checkpoint=str(checkpoint) if checkpoint.is_file() else None)
+    summary["reason"] = f"interrupted {where}; {kept}; resume with: python scripts/train.py resume={run_dir}"
+
+
+def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     start = time.time()
     summary = start_summary(run_dir, start)
     logger: RunLogger | None = None
+    trainer: L.Trainer | None = None
     try:
         validate(cfg)
+        checkpoint = resume_from(cfg, run_dir, summary) if resume else None
         record_config(summary, cfg)
         apply_process_settings(cfg)
         datamodule, module, init_used = build(cfg)
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats = layer_stats(cfg, init_used)
         callbacks = [stats] if stats is not None else []
-        trainer = make_trainer(cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given
+        checkpoints = [ModelCheckpoint()] if cfg.trainer.get("enable_checkpointing", True) else []
+        callbacks_all = [*callbacks, *checkpoints, InterruptCheckpoint(run_dir)]
+        trainer = make_trainer(cfg, logger=logger, callbacks=callbacks_all, default_root_dir=str(run_dir))
         check_strategy(trainer)
         device = trainer.strategy.root_device
         threads = torch.get_num_threads()
@@ -358,14 +428,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         (log.info if trainer.is_global_zero else log.debug)(
             f"deepinit: {' '.join(f'{k}={v}' for k, v in summary['config'].items())} | gain {init_used['gain']:.4g}"
             f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {where}"
+            + (f" | resuming from {checkpoint}" if checkpoint else "")
         )
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if module.divergence is not None:
             record_divergence(summary, module.divergence, cfg.depth)
             log.warning(f"diverged: {summary['reason']}")
-        elif trainer.interrupted:
-            summary.update(status="interrupted", reason="stopped by the user")
         else:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -380,6 +449,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except (ConfigError, DataError) as e:
         summary["reason"] = str(e)
         raise
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C: inside fit or test, Lightning shuts down gracefully (callbacks' on_exception: the checkpoint)
+        # and ends with sys.exit(1); elsewhere it is the KeyboardInterrupt itself
+        if isinstance(e, SystemExit) and not (trainer is not None and trainer.interrupted):
+            raise
+        record_interruption(summary, trainer, run_dir)
+        raise RunInterrupted(summary) from None
     except Exception as e:
         full = no_room(e, run_dir)
         summary["reason"] = str(full or f"{type(e).__name__}: {e}")
@@ -390,7 +466,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         if logger is not None:
             logger.close(summary["status"])
-        summary["wall_time_s"] = round(time.time() - start, 2)
+        summary["wall_time_s"] = round(time.time() - start + summary.pop("earlier_wall_time_s", 0), 2)
         if rank_zero_only.rank == 0:  # under DDP the other processes ran the same job; one writes its summary
             try:
                 write_summary(run_dir, summary)

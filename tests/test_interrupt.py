@@ -1,0 +1,90 @@
+"""Ctrl-C loses nothing: a run says where it stopped, keeps a checkpoint and resumes into one continuous history;
+the same sweep started twice runs each job once. Through the real command line."""
+
+import collections
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO, read_events, train_cli
+
+ARGS = [
+    "depth=10", "trainer.max_epochs=2", "trainer.limit_train_batches=200", "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=10", "stats.every_n_steps=20",
+]  # fmt: skip
+
+
+def ctrl_c_at(runs_dir, mnist_root, step: int) -> tuple[subprocess.CompletedProcess, object]:
+    """Start the run, and once its layer statistics reach `step`, send SIGINT as a terminal's Ctrl-C does."""
+    env = {**os.environ, "DEEPINIT_DATA": str(mnist_root), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs_dir}", *ARGS]
+    default_handler = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  (as in a terminal)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            preexec_fn=default_handler)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.05)
+        found = list(runs_dir.glob("*/layer_stats.csv"))
+        if found and max((int(r["step"]) for r in csv.DictReader(open(found[0]))), default=-1) >= step:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), found[0].parent
+
+
+def steps_of(run_dir, tag):
+    return [e.step for e in read_events(run_dir).Scalars(tag)]
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_the_run_resumes_as_if_never_stopped(tmp_path, mnist_root):
+    done, run = ctrl_c_at(tmp_path / "stopped", mnist_root, 60)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "deepinit: interrupted" in line]
+    assert len(lines) == 1 and f"resume with: python scripts/train.py resume={run}" in lines[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 60 <= summary["steps"] < 200 and summary["epochs"] == 0
+    assert (run / "checkpoints" / "interrupted.ckpt").is_file()
+
+    resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = train_cli(*ARGS, runs_dir=tmp_path / "whole", data_root=mnist_root)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    (uninterrupted,) = (tmp_path / "whole").iterdir()
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (run, uninterrupted))
+    assert summary["status"] == "ok" and summary["steps"] == reference["steps"] == 400
+    assert summary["resumed"][0]["at_step"] >= 60
+    assert abs(summary["metrics"]["test_acc"] - reference["metrics"]["test_acc"]) < 0.01
+    assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # used, then removed
+    # one continuous history: every step once, the same steps as the uninterrupted run's
+    for tag in ("train/loss", "val/acc", "activations/sqr/layer_05"):
+        assert steps_of(run, tag) == steps_of(uninterrupted, tag), tag
+    rows = collections.Counter(tuple(r.values())[:4] for r in csv.DictReader(open(run / "layer_stats.csv")))
+    reference_rows = collections.Counter(
+        tuple(r.values())[:4] for r in csv.DictReader(open(uninterrupted / "layer_stats.csv"))
+    )  # noqa: E501
+    assert max(rows.values()) == 1 and set(rows) == set(reference_rows)
+
+
+def test_the_same_sweep_started_twice_runs_each_job_once(tmp_path, mnist_root):
+    env = {**os.environ, "DEEPINIT_DATA": str(mnist_root), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"runs_dir={tmp_path}",
+           "init=kaiming,xavier,lecun", "depth=3", "trainer.max_steps=60", "trainer.limit_val_batches=2"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+             for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    (sweep,) = tmp_path.iterdir()
+    jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
+    assert len(jobs) == 3
+    for job in jobs:
+        assert len(list(job.glob("events.out.tfevents.*"))) == 1, job
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok"
+    ran = sum(o.count("deepinit: ok") for o in outputs)
+    assert ran == 3, outputs  # each job trained by one of the two processes
+    report = (sweep / "report.csv").read_text()
+    assert report.count(",ok,") == 3
