@@ -78,7 +78,7 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group
-        from deepinit.sweep import skip_or_clear
+        from deepinit.sweep import claim, skip_or_clear
         from deepinit.train import describe_end, no_room, run
 
         setup_globals()
@@ -88,9 +88,14 @@ class BatchedLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs, batched where they share a shape")
 
         # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them; resume as train.py does.
+        locks = []  # one process per job, as train.py: held until the launcher is done
+
         def prepare(cfg: DictConfig) -> dict[str, Any]:
             hydra_cfg = HydraConfig.get()
             run_dir = Path(hydra_cfg.runtime.output_dir)
+            if (lock := claim(run_dir, hydra_cfg.job.num)) is None:
+                return {"skipped": {"status": "running", "reason": "running in another process"}}
+            locks.append(lock)
             if (done := skip_or_clear(run_dir, cfg, hydra_cfg.job.num)) is not None:
                 return {"skipped": done}
             return {"cfg": cfg, "run_dir": run_dir, "num": hydra_cfg.job.num}
@@ -156,6 +161,8 @@ class BatchedLauncher(Launcher):
         for r in returns:
             if r.status == JobStatus.COMPLETED and "num" in r.return_value:
                 r.return_value = summaries[r.return_value["num"]]
+        for lock in locks:
+            lock.release()
         return returns
 
 
