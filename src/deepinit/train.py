@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # A diverged step returns None on purpose (skipping its update); the divergence line already says so.
 warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+# With an OnExceptionCheckpoint among the callbacks (InterruptCheckpoint), Lightning looks for its file on every fit
+# and warns when there is none; resuming is asked for explicitly here (resume=), so those warnings say nothing.
+warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
+warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
 
 
 class ConfigError(ValueError):
@@ -415,9 +419,11 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         stats = layer_stats(cfg, init_used)
         callbacks = [stats] if stats is not None else []
-        # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given
-        checkpoints = [ModelCheckpoint()] if cfg.trainer.get("enable_checkpointing", True) else []
-        callbacks_all = [*callbacks, *checkpoints, InterruptCheckpoint(run_dir)]
+        # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
+        # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
+        checkpointing = cfg.trainer.get("enable_checkpointing", True)
+        checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if checkpointing else []
+        callbacks_all = [*callbacks, *checkpoints]
         trainer = make_trainer(cfg, logger=logger, callbacks=callbacks_all, default_root_dir=str(run_dir))
         check_strategy(trainer)
         device = trainer.strategy.root_device
