@@ -10,8 +10,9 @@ from conftest import compose_cfg, read_events
 from deepinit.train import run
 
 
-def hparams_data(run_dir):
-    """(session-start hparams, metric tags of the experiment) from the hparams plugin's summaries."""
+def hparams_data(run_dir, shown=None):
+    """(session-start hparams, metric tags of the experiment) from the hparams plugin's summaries; `shown` (a
+    list) receives the columns the dashboard ticks on open (its query pane ticks the `differs` ones first)."""
     (events,) = run_dir.glob("events.out.tfevents.*")  # one file: no writer reopened after a close
     start, metrics = None, None
     for event in EventFileLoader(str(events)).Load():
@@ -24,6 +25,8 @@ def hparams_data(run_dir):
                 start = {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
             if data.HasField("experiment"):
                 metrics = [m.name.tag for m in data.experiment.metric_infos]
+                if shown is not None:
+                    shown.extend(h.name for h in data.experiment.hparam_infos if h.differs)
     return start, metrics
 
 
@@ -39,7 +42,11 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
     )
     summary = run(cfg, tmp_path)
     assert summary["status"] == status
-    start, metrics = hparams_data(tmp_path)
+    shown = []
+    start, metrics = hparams_data(tmp_path, shown)
+    # the study's columns open ticked (TensorBoard ticks at most five), optimizer, lr and seed in one of them
+    assert sorted(shown) == ["activation", "depth", "init", "optimizer, lr, seed", "width"]
+    assert start["optimizer, lr, seed"] == "adam, 0.0003, 0"
     assert start["init"] == init and start["depth"] == depth and start["optimizer"] == "adam"
     assert start["lr"] == pytest.approx(3e-4) and start["activation"] == "relu" and start["data"] == "MNIST"
     assert set(metrics) == set(summary["hparams_metrics"]) and "hp_metric" not in metrics
