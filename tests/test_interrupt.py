@@ -18,17 +18,19 @@ ARGS = [
 ]  # fmt: skip
 
 
-def ctrl_c_at(runs_dir, mnist_root, step: int) -> tuple[subprocess.CompletedProcess, object]:
-    """Start the run, and once its layer statistics reach `step`, send SIGINT as a terminal's Ctrl-C does."""
+def ctrl_c_at(runs_dir, mnist_root, step: int, args=ARGS) -> tuple[subprocess.CompletedProcess, object]:
+    """Start the run, and once its (first) layer statistics reach `step`, send SIGINT as a terminal's Ctrl-C does."""
     env = {**os.environ, "DEEPINIT_DATA": str(mnist_root), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs_dir}", *ARGS]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's -m before the overrides
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}"]
+    cmd += [a for a in args if not a.startswith("-")]
     default_handler = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  (as in a terminal)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
                             preexec_fn=default_handler)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.05)
-        found = list(runs_dir.glob("*/layer_stats.csv"))
+        found = list(runs_dir.glob("**/layer_stats.csv"))
         if found and max((int(r["step"]) for r in csv.DictReader(open(found[0]))), default=-1) >= step:
             break
     proc.send_signal(signal.SIGINT)
@@ -88,3 +90,27 @@ def test_the_same_sweep_started_twice_runs_each_job_once(tmp_path, mnist_root):
     assert ran == 3, outputs  # each job trained by one of the two processes
     report = (sweep / "report.csv").read_text()
     assert report.count(",ok,") == 3
+
+
+def test_ctrl_c_stops_a_sweep_and_rerunning_it_resumes_the_interrupted_job(tmp_path, mnist_root):
+    args = ["-m", "init=kaiming,xavier", *ARGS[:2], "trainer.limit_train_batches=100", *ARGS[3:]]
+    done, job = ctrl_c_at(tmp_path, mnist_root, 40, args)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    (sweep,) = tmp_path.iterdir()
+    assert sorted(p.parent.name for p in sweep.glob("*/.hydra")) == [job.name]  # the sweep stopped there
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (job / "checkpoints" / "interrupted.ckpt").is_file()
+
+    again = train_cli(*args, runs_dir=tmp_path, data_root=mnist_root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
+    assert jobs[0] == job and jobs[1].name.startswith("1_") and "init=xavier" in jobs[1].name
+    for run in jobs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["steps"] == 200, run
+        # one event file per attempt (TensorBoard reads a folder's files as one run), every logged step once
+        assert len(list(run.glob("events.out.tfevents.*"))) == (2 if run == job else 1), run
+        assert steps_of(run, "train/loss") == list(range(9, 200, 10)), run
+    resumed = json.loads((job / "summary.json").read_text())["resumed"]
+    assert len(resumed) == 1 and resumed[0]["at_step"] >= 40
