@@ -235,3 +235,104 @@ def test_isometry_theory_and_hutchinson_estimate_against_exact_spectra(activatio
     rel = 4 * math.sqrt(2 * (1 + s2) / (width * 64 * 16))
     assert estimate[0] == pytest.approx(m1, rel=rel)
     assert estimate[1] == pytest.approx(s2, rel=0.15, abs=0.02)
+
+
+# --- depth scales (THEORY.md 6) against Monte Carlo -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sigma_b2, sigma_w2", [(0.0, 1.0), (0.01, 1.42421), (0.05, 1.76095), (0.1, 1.98607), (0.3, 2.50513), (1.0, 3.44321)]
+)
+def test_tanh_edge_of_chaos_matches_theory_md(sigma_b2, sigma_w2):
+    assert theory.edge_of_chaos("tanh", sigma_b2) == pytest.approx(sigma_w2, abs=2e-5)
+    assert theory.depth_scales("tanh", sigma_w2, sigma_b2)["chi_1"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_depth_scales_of_theory_md_examples_and_degenerate_points():
+    gain_5_3 = theory.depth_scales("tanh", 25 / 9, 0.0)  # THEORY.md 2: q* 1.1785, chi_1 1.2098
+    assert gain_5_3["q_star"] == pytest.approx(1.1785, abs=1e-4) and gain_5_3["chi_1"] == pytest.approx(
+        1.2098, abs=1e-4
+    )
+    assert gain_5_3["phase"] == "chaotic" and gain_5_3["c_star"] == 0.0  # odd, no bias: uncorrelated stays so
+    for activation, sigma_w2 in [("relu", 2.0), ("linear", 1.0), ("tanh", 1.0)]:
+        d = theory.depth_scales(activation, sigma_w2, 0.0)
+        assert d["phase"] == "critical" and d["xi_c"] == d["trainable_depth"] == math.inf, activation
+    assert theory.depth_scales("relu", 2.0, 0.0)["xi_q"] == math.inf
+    # off the degenerate point the scales are finite again (THEORY.md 6)
+    assert 0 < theory.depth_scales("relu", 1.5, 0.0)["xi_c"] < math.inf
+    for activation in ACTIVATIONS:
+        for sigma_w2 in (0.5, 1.0, 2.0, 4.0):
+            d = theory.depth_scales(activation, sigma_w2, 0.05)
+            assert d["phase"] in ("ordered", "chaotic", "critical")
+            assert not any(isinstance(v, float) and math.isnan(v) for v in d.values()), (activation, sigma_w2, d)
+    assert theory.edge_of_chaos("relu") == 2.0 and theory.edge_of_chaos("linear") == 1.0
+
+
+def simulate_pairs(activation, sigma_w2, sigma_b2, q0, c0, depth, width=1000, nets=8, seed=0):
+    """Two inputs at second moment q0 and correlation c0 through `nets` wide random networks (float64):
+    h_{l+1} = W phi(h_l) + b, W ~ N(0, sigma_w^2 / n), b ~ N(0, sigma_b^2). Returns q_l, c_l (mean over nets)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(nets, 2, width, generator=gen, dtype=torch.float64)
+    h = torch.stack([z[:, 0], c0 * z[:, 0] + math.sqrt(1 - c0**2) * z[:, 1]], dim=1) * math.sqrt(q0)
+    phi = ACTIVATIONS[activation]()
+    qs, cs = [], []
+    for _ in range(depth):
+        w = torch.randn(nets, width, width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_w2 / width)
+        b = torch.randn(nets, 1, width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_b2)
+        h = phi(h) @ w.transpose(1, 2) + b
+        norms = h.norm(dim=2)
+        qs.append((norms.square() / width).mean().item())
+        cs.append(((h[:, 0] * h[:, 1]).sum(1) / (norms[:, 0] * norms[:, 1])).mean().item())
+    return np.array(qs), np.array(cs)
+
+
+def measured_map_slope(activation, sigma_w2, sigma_b2, q, c, delta=0.02, width=4000, pairs=32, seed=0):
+    """d c_{l+1} / d c_l at c by Monte Carlo: one wide random layer (float64), pairs at c - delta and c + delta
+    (one-sided at c = 1) built from the same Gaussians and weights, so their noise cancels in the difference."""
+    gen = torch.Generator().manual_seed(seed)
+    z1, z2 = torch.randn(2, pairs, width, generator=gen, dtype=torch.float64)
+    w = torch.randn(width, width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_w2 / width)
+    b = torch.randn(width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_b2)
+    phi = ACTIVATIONS[activation]()
+
+    def next_corr(c_in):
+        ha, hb = math.sqrt(q) * z1, math.sqrt(q) * (c_in * z1 + math.sqrt(1 - c_in**2) * z2)
+        a, b_ = phi(ha) @ w.T + b, phi(hb) @ w.T + b
+        return ((a * b_).sum(1) / (a.norm(dim=1) * b_.norm(dim=1))).mean().item()
+
+    hi, lo = (c, c - delta) if c + delta > 1 else (c + delta, c - delta)
+    return (next_corr(hi) - next_corr(lo)) / (hi - lo)
+
+
+@pytest.mark.parametrize(
+    "sigma_w2, phase",
+    [(1.0, "ordered"), (1.6, "ordered"), (1.9, "chaotic"), (2.5, "chaotic"), (4.0, "chaotic")],
+)
+def test_tanh_depth_scales_against_monte_carlo(sigma_w2, phase):
+    """Both phases and near the edge (1.76 at sigma_b^2 = 0.05): q_l reaches q*, c_l follows the correlation map
+    to c*, and the map's slope at c*, chi_c (xi_c = -1 / ln chi_c), is what a wide random layer shows."""
+    sigma_b2 = 0.05
+    d = theory.depth_scales("tanh", sigma_w2, sigma_b2)
+    assert d["phase"] == phase
+    c0 = 0.5 if phase == "ordered" else 0.99
+    q, c = simulate_pairs("tanh", sigma_w2, sigma_b2, d["q_star"], c0, depth=40)
+    assert q[10:].mean() == pytest.approx(d["q_star"], rel=0.02)
+    predicted = np.array(theory.correlation_profile("tanh", c0, [d["q_star"]] * 41, [sigma_w2] * 41, [sigma_b2] * 41))
+    # finite width: 8 networks of 1000 units scatter by ~0.03 per layer at c ~ 0.2, and a layer's error persists
+    assert np.abs(c - predicted[1:]).max() < 0.08
+    assert c[25:].mean() == pytest.approx(predicted[26:].mean(), abs=0.03)
+    assert abs(predicted[-1] - d["c_star"]) < abs(predicted[0] - d["c_star"])
+    slope = measured_map_slope("tanh", sigma_w2, sigma_b2, d["q_star"], d["c_star"])
+    assert slope == pytest.approx(d["chi_c"], rel=0.03)
+
+
+def test_relu_at_two_is_critical_and_its_correlations_approach_one_by_a_power_law():
+    d = theory.depth_scales("relu", 2.0, 0.0)
+    assert d["phase"] == "critical" and d["xi_c"] == math.inf
+    q, c = simulate_pairs("relu", 2.0, 0.0, 1.0, 0.0, depth=60)
+    predicted = np.array(theory.correlation_profile("relu", 0.0, [1.0] * 61, [2.0] * 61, [0.0] * 61)[1:])
+    assert np.abs(c - predicted).max() < 0.05
+    # a power law 1 - c_l ~ 1/l^2: from layer 15 to 60 it shrinks ~16-fold, where any exponential with the
+    # first layers' rate would shrink it by more than 10^4
+    gap = 1 - c
+    assert 5 < gap[14] / gap[59] < 40
+    early_rate = gap[5] / gap[1]
+    assert gap[59] / gap[14] > 100 * early_rate ** (45 / 4)

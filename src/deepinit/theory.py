@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def second_moment(activation: str, q: float) -> float:
         return (1 + LEAKY_SLOPE**2) * q / 2
     if activation == "gelu":
         return q * (0.25 + math.asin(q / (1 + q)) / (2 * math.pi) + q / (math.pi * (1 + q) * math.sqrt(1 + 2 * q)))
-    if activation == "selu":
+    if activation == "selu" and q < 100:  # exp(2q) overflows beyond; quadrature is exact enough there
         r = math.sqrt(q)
         tail = math.exp(2 * q) * _std_normal_cdf(-2 * r) - 2 * math.exp(q / 2) * _std_normal_cdf(-r) + 0.5
         return SELU_LAMBDA**2 * (q / 2 + SELU_ALPHA**2 * tail)
@@ -100,7 +101,7 @@ def derivative_second_moment(activation: str, q: float) -> float:
     closed = {"linear": 1.0, "relu": 0.5, "leaky_relu": (1 + LEAKY_SLOPE**2) / 2}
     if activation in closed:
         return closed[activation]
-    if activation == "selu":  # its derivative jumps at 0, where quadrature converges slowly
+    if activation == "selu" and q < 100:  # its derivative jumps at 0, where quadrature converges slowly
         return SELU_LAMBDA**2 * (0.5 + SELU_ALPHA**2 * math.exp(2 * q) * _std_normal_cdf(-2 * math.sqrt(q)))
     return gauss_expect(lambda x: _dphi(activation)(x) ** 2, q)
 
@@ -250,3 +251,147 @@ def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, floa
         m1 *= pred.sigma_w2[layer] * mu1
         s2 += (0.0 if pred.orthogonal else 1.0) + mu2 / mu1**2 - 1
     return {"m1": m1, "s2": s2}
+
+
+# --- depth scales and trainability (Poole et al. 2016; Schoenholz et al. 2017; docs/trainability.md) -----------
+HOMOGENEOUS = {"linear": 1.0, "relu": 0.5, "leaky_relu": (1 + LEAKY_SLOPE**2) / 2}  # V(q) = k q, E phi'^2 = k
+TRAINABLE_XI = 6  # Schoenholz et al.: with a fixed SGD budget a network of depth L trains where L < 6 xi_c
+_Z1, _Z2 = np.meshgrid(_NODES, _NODES, indexing="ij")  # 2-D Gauss-Hermite: the outer product of the 1-D rule
+_W2 = np.outer(_WEIGHTS, _WEIGHTS)
+
+
+def pair_expect(fn: Callable[[np.ndarray], np.ndarray], q: float, c: float) -> float:
+    """E fn(u1) fn(u2) with u1 = sqrt(q) z1, u2 = sqrt(q) (c z1 + sqrt(1 - c^2) z2): two inputs at correlation c."""
+    r = math.sqrt(max(q, 0.0))
+    c = min(max(c, -1.0), 1.0)
+    u1, u2 = r * _Z1, r * (c * _Z1 + math.sqrt(1 - c * c) * _Z2)
+    return float(np.sum(_W2 * fn(u1) * fn(u2)))
+
+
+def correlation_step(activation: str, q: float, c: float, sigma_w2: float, sigma_b2: float) -> float:
+    """The correlation map: c_{l+1} from c_l for two inputs whose pre-activations have second moment q (THEORY 6).
+    The next layer's q is sigma_w^2 V(q) + sigma_b^2, the same for both."""
+    q_next = sigma_w2 * second_moment(activation, q) + sigma_b2
+    if q_next <= 0:
+        return 1.0
+    return (sigma_w2 * pair_expect(_phi(activation), q, c) + sigma_b2) / q_next
+
+
+def fixed_point_q(activation: str, sigma_w2: float, sigma_b2: float) -> float:
+    """q* = sigma_w^2 V(q*) + sigma_b^2, the length every input's q_l approaches; inf where it grows without bound
+    (an unbounded activation above its critical sigma_w^2), nan where every q is a fixed point (relu at 2, linear
+    at 1, no bias)."""
+    if activation in HOMOGENEOUS:
+        slope = sigma_w2 * HOMOGENEOUS[activation]
+        if math.isclose(slope, 1.0, rel_tol=1e-12):
+            return math.nan if sigma_b2 == 0 else math.inf
+        return sigma_b2 / (1 - slope) if slope < 1 else math.inf
+    q = 1.0
+    for _ in range(5_000):  # the map contracts at rate e^(-1/xi_q)
+        q_next = sigma_w2 * second_moment(activation, q) + sigma_b2
+        if q_next > 1e12:
+            return math.inf
+        if abs(q_next - q) <= 1e-13 * max(q, 1e-300) or q_next < 1e-30:
+            return q_next if q_next >= 1e-30 else 0.0
+        q, q_prev = q_next, q
+    # still moving: with no bias at the edge (tanh at sigma_w^2 = 1) q falls to 0 like 1/(2l), not exponentially
+    return 0.0 if q < 1e-3 and q < q_prev else q
+
+
+def _dV_dq(activation: str, q: float) -> float:
+    """dV/dq = E[phi'^2 + phi phi''] at N(0, q) (Gaussian integration by parts), by a central difference."""
+    h = 1e-4 * max(q, 1e-6)
+    lo = max(q - h, 0.0)
+    return (second_moment(activation, q + h) - second_moment(activation, lo)) / (q + h - lo)
+
+
+def depth_scales(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> dict[str, Any]:
+    """The mean-field depth scales of a deep MLP with W ~ N(0, sigma_w^2 / fan_in), b ~ N(0, sigma_b^2):
+
+    q_star: the fixed point of the length map; chi_1 = sigma_w^2 E phi'(sqrt(q*) z)^2, the stability of c = 1
+    (and the per-layer gradient factor); c_star: the correlation every pair of inputs approaches (1 in the
+    ordered phase); chi_c = sigma_w^2 E phi'(u1) phi'(u2) at c*; xi_q = -1/ln(sigma_w^2 V'(q*)) and
+    xi_c = -1/ln chi_c, the layers over which lengths and correlations forget the input; phase: ordered
+    (chi_1 < 1), chaotic (> 1) or critical (= 1, within 1e-9, where xi_c is infinite); trainable_depth =
+    6 xi_c. Where q grows without bound (relu above sigma_w^2 = 2, say) the signal and the gradients grow by
+    chi_1 per layer and xi_c is 1/ln chi_1, the layers over which they grow by e. The degenerate relu and
+    linear points (every q a fixed point) are critical with infinite scales."""
+    q_star = fixed_point_q(activation, sigma_w2, sigma_b2)
+    inf = math.inf
+    if math.isnan(q_star):  # relu at 2, linear at 1, no bias: c -> 1 by a power law, not exponentially
+        return {"q_star": inf, "chi_1": 1.0, "c_star": 1.0, "chi_c": 1.0, "xi_q": inf, "xi_c": inf,
+                "phase": "critical", "trainable_depth": inf}  # fmt: skip
+    q_eval = min(q_star, 1e8)  # an unbounded q: the slopes at its large-q limit
+    chi_1 = sigma_w2 * derivative_second_moment(activation, q_eval)
+    slope_q = sigma_w2 * (HOMOGENEOUS[activation] if activation in HOMOGENEOUS else _dV_dq(activation, q_eval))
+    xi_q = _depth(slope_q)
+    if math.isclose(chi_1, 1.0, rel_tol=1e-9, abs_tol=1e-9):
+        phase, c_star, chi_c = "critical", 1.0, 1.0
+    elif chi_1 < 1:
+        phase, c_star, chi_c = "ordered", 1.0, chi_1
+    elif math.isinf(q_star):
+        phase, c_star, chi_c = "chaotic", 1.0, chi_1
+    else:
+        phase = "chaotic"
+        c_star = _chaotic_fixed_point(activation, q_star, sigma_w2, sigma_b2)
+        dphi = _dphi(activation)
+        chi_c = sigma_w2 * pair_expect(dphi, q_star, c_star)
+    xi_c = _depth(chi_c)
+    return {"q_star": q_star, "chi_1": chi_1, "c_star": c_star, "chi_c": chi_c, "xi_q": xi_q, "xi_c": xi_c,
+            "phase": phase, "trainable_depth": TRAINABLE_XI * xi_c}  # fmt: skip
+
+
+def _depth(rate: float) -> float:
+    """The depth scale of a per-layer factor: 1/|ln rate| (inf at 1): how many layers change a deviation by e."""
+    # within 1e-9 of 1: a power law (tanh at the edge with no bias) that finite differences see as 1 - 1e-10
+    return math.inf if rate <= 0 or math.isclose(rate, 1.0, rel_tol=1e-9) else 1 / abs(math.log(rate))
+
+
+def _chaotic_fixed_point(activation: str, q_star: float, sigma_w2: float, sigma_b2: float) -> float:
+    """c* < 1, the attracting fixed point of the correlation map in the chaotic phase, by bisection on
+    g(c) = map(c) - c: g(0) >= 0 (the map of uncorrelated inputs is (sigma_w^2 (E phi)^2 + sigma_b^2) / q* >= 0)
+    and g < 0 just below 1, where the map's slope chi_1 exceeds 1."""
+
+    def g(c: float) -> float:
+        return correlation_step(activation, q_star, c, sigma_w2, sigma_b2) - c
+
+    lo, hi = 0.0, 1.0 - 1e-6  # closer to 1, quadrature's error at a kink (relu-like units) outweighs g
+    if g(lo) <= 0:
+        return 0.0  # odd activations with no bias: uncorrelated inputs stay uncorrelated
+    if g(hi) >= 0:
+        return 1.0  # so close to the edge that c* cannot be told from 1
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if g(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def edge_of_chaos(activation: str, sigma_b2: float = 0.0) -> float:
+    """sigma_w^2 where chi_1 = 1 for bias variance sigma_b^2 (tanh: 1 at 0, 1.76095 at 0.05; relu 2; linear 1)."""
+    if activation in HOMOGENEOUS:
+        return 1 / HOMOGENEOUS[activation]
+
+    def chi_1(sigma_w2: float) -> float:
+        q = fixed_point_q(activation, sigma_w2, sigma_b2)
+        return sigma_w2 * derivative_second_moment(activation, min(q, 1e8)) - 1
+
+    lo, hi = 1e-3, 1.0
+    while chi_1(hi) < 0:
+        lo, hi = hi, 2 * hi
+        if hi > 1e4:
+            return math.inf  # (sigmoid with a large bias: chi_1 stays below 1)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if chi_1(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def correlation_profile(
+    activation: str, c_input: float, q: Sequence[float], sigma_w2: Sequence[float], sigma_b2: Sequence[float]
+) -> list[float]:
+    """c_l for layers 1..L from c_1 (the first layer's pre-activation correlation, set by the inputs'): each
+    next layer through the correlation map at the predicted q_l (the mean over inputs)."""
+    out = [c_input]
+    for layer in range(1, len(q)):
+        out.append(correlation_step(activation, q[layer - 1], out[-1], sigma_w2[layer], sigma_b2[layer]))
+    return out
