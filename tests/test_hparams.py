@@ -47,6 +47,11 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
     # the study's columns open ticked (TensorBoard ticks at most five), optimizer, lr and seed in one of them
     assert sorted(shown) == ["activation", "depth", "init", "optimizer, lr, seed", "width"]
     assert start["optimizer, lr, seed"] == "adam, 0.0003, 0"
+    # the theory's verdict on the init: kaiming + relu is critical (xi_c infinite), normal's sigma_w^2 = 256 explodes
+    theory = summary["theory"]
+    assert start["theory/chi_1"] == pytest.approx(theory["chi_1"]) and start["theory/xi_c"] == theory["xi_c"]
+    assert start["theory/depth_over_xi_c"] == pytest.approx(depth / theory["xi_c"])
+    assert (theory["phase"], theory["chi_1"]) == (("critical", 1.0) if init == "kaiming" else ("chaotic", 128.0))
     assert start["init"] == init and start["depth"] == depth and start["optimizer"] == "adam"
     assert start["lr"] == pytest.approx(3e-4) and start["activation"] == "relu" and start["data"] == "MNIST"
     assert set(metrics) == set(summary["hparams_metrics"]) and "hp_metric" not in metrics

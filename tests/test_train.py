@@ -66,7 +66,7 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("init=bogus", "unknown init 'bogus'; choose one of: kaiming, "),
+        ("init=bogus", "unknown init 'bogus'; choose one of: gaussian, kaiming, "),
         ("depth=0", "depth must be an integer >= 2 (got 0)"),
         ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
         ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),
@@ -77,10 +77,12 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
         ("runs_dir=/proc/nope", "runs_dir=/proc/nope cannot be made (No such file or directory); choose a folder"),
         ("trainer.max_epochs=-5", "lightning.Trainer rejects the trainer.* settings: `max_epochs` must be a non-neg"),
         ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1 (got 0)"),
+        ("init=gaussian init.sigma_w2=-1", "init.sigma_w2 must be a number > 0 (got -1)"),
+        ("init=gaussian init.sigma_b2=-0.1", "init.sigma_b2 must be a number >= 0 (got -0.1)"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
-    done = train_cli(override, runs_dir=tmp_path, data_root=mnist_root)
+    done = train_cli(*override.split(), runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr + done.stdout and "HYDRA_FULL_ERROR" not in done.stderr + done.stdout
     (line,) = done.stderr.strip().splitlines()

@@ -48,8 +48,10 @@ from deepinit.train import (
     build,
     final_metrics,
     hparams_metrics,
+    hparams_row,
     job_scope,
     layer_stats,
+    predict_trainability,
     record_config,
     record_divergence,
     start_summary,
@@ -150,6 +152,7 @@ class Member:
         self.start = time.time()
         self.logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
         self.stats = layer_stats(cfg, init_used)
+        self.theory = predict_trainability(cfg, model, init_used)
         self.trainer = SimpleNamespace(  # what LayerStats reads of a Trainer
             is_global_zero=True, logger=self.logger, log_dir=str(run_dir), default_root_dir=str(run_dir), global_step=0
         )
@@ -418,6 +421,7 @@ def _finish(
     summary = start_summary(member.run_dir, member.start)
     summary["status"] = "ok"
     record_config(summary, member.cfg)
+    summary["theory"] = member.theory
     steps = step
     if member.divergence is not None:
         steps = member.divergence["step"] + 1
@@ -427,7 +431,7 @@ def _finish(
     summary.update(init=member.init_used, steps=steps, epochs=epochs)
     summary.update(device=str(device), training_step=kind)
     summary["hparams_metrics"] = hparams_metrics(summary, member.stats)
-    member.logger.log_hyperparams(summary["config"], summary["hparams_metrics"], step=steps)
+    member.logger.log_hyperparams(hparams_row(summary), summary["hparams_metrics"], step=steps)
     member.logger.save()  # hparams.yaml, as Lightning's loop saves it
     member.logger.close(summary["status"])
     if trainer_cfg.get("enable_checkpointing", True):

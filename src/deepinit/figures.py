@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # figures go to files and TensorBoard; never open a window
@@ -14,6 +16,7 @@ History = dict[tuple[str, str], list[tuple[int, np.ndarray]]]
 
 PROFILE_PANELS = [
     ("preactivations", "sqr", "pre-activation mean square q_l"),
+    ("preactivations", "corr", "correlation c_l between inputs' pre-activations"),
     ("activations", "sqr", "activation mean square m_l"),
     ("gradients", "sqr", "gradient mean square E g_l^2 (dL/dh_l)"),
     ("activations", "health", "dead / saturated fraction"),
@@ -43,6 +46,7 @@ THEORY_CURVES = {  # panel -> (predicted curve, its finite-width log sd) from La
     ("preactivations", "sqr"): ("preactivations_sqr", "log_sd_preactivations"),
     ("activations", "sqr"): ("activations_sqr", "log_sd_activations"),
     ("gradients", "sqr"): ("gradients_sqr", None),
+    ("preactivations", "corr"): ("preactivations_corr", None),
 }
 
 
@@ -72,7 +76,8 @@ def depth_profile_figure(
     panels = [p for p in panels if (p[0], p[1]) in history]
     if not panels:
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    rows = math.ceil(len(panels) / 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(20, 4 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (group, quantity, title) in zip(axes.flat, panels, strict=False):

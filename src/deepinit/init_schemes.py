@@ -8,6 +8,7 @@ gain, so any gain can be given, not only the ones calculate_gain knows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ SCHEMES: dict[str, WeightInit] = {
     "xavier": lambda w, gain: nn.init.xavier_normal_(w, gain=gain),
     "xavier_uniform": lambda w, gain: nn.init.xavier_uniform_(w, gain=gain),
     "kaiming": _kaiming_normal("fan_in"),
+    "gaussian": _kaiming_normal("fan_in"),  # gain sqrt(sigma_w2), from its own options (initialize)
     "kaiming_uniform": _kaiming_uniform,
     "kaiming_fan_out": _kaiming_normal("fan_out"),
     "orthogonal": lambda w, gain: nn.init.orthogonal_(w, gain=gain),
@@ -60,7 +62,12 @@ SCHEMES: dict[str, WeightInit] = {
 }
 
 # Options a scheme's yaml may carry besides name, gain and bias_std.
-SCHEME_OPTIONS = {"normal": {"std"}, "small": {"std"}, "lsuv": {"tol", "max_iter", "batch_size"}}
+SCHEME_OPTIONS = {
+    "normal": {"std"},
+    "small": {"std"},
+    "lsuv": {"tol", "max_iter", "batch_size"},
+    "gaussian": {"sigma_w2", "sigma_b2"},
+}
 
 
 def activation_gain(activation: str) -> float:
@@ -101,22 +108,25 @@ def initialize(
     batch: Tensor | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Apply scheme `name` to every Linear of `model`; returns what was used (gain, LSUV variances).
+    """Apply scheme `name` to every Linear of `model`; returns what was used (gain, bias_std, LSUV variances).
 
-    bias_std None keeps nn.Linear's own bias init; 0 gives zeros; > 0 draws N(0, bias_std^2).
+    bias_std None keeps nn.Linear's own bias init; 0 gives zeros; > 0 draws N(0, bias_std^2). `gaussian` takes
+    sigma_w2 and sigma_b2 instead: gain sqrt(sigma_w2), bias_std sqrt(sigma_b2).
     """
     if name not in SCHEMES:
         raise ValueError(f"unknown init {name!r}; choose one of: {', '.join(SCHEMES)}")
     unknown = set(options) - SCHEME_OPTIONS.get(name, set())
     if unknown:
         raise ValueError(f"init {name!r} takes no option(s) {', '.join(sorted(unknown))}")
+    if name == "gaussian":
+        gain, bias_std = math.sqrt(options["sigma_w2"]), math.sqrt(options["sigma_b2"])
     gain = activation_gain(model.activation) if gain is None else float(gain)
     weight_options = {k: v for k, v in options.items() if k == "std"}
     for linear in model.linears:
         SCHEMES[name](linear.weight.data, gain, **weight_options)
         if linear.bias is not None and bias_std is not None:
             nn.init.normal_(linear.bias, 0.0, bias_std) if bias_std > 0 else nn.init.zeros_(linear.bias)
-    used: dict[str, Any] = {"gain": gain}
+    used: dict[str, Any] = {"gain": gain, "bias_std": bias_std}
     if name == "lsuv":
         if batch is None:
             raise ValueError("init 'lsuv' needs a batch of training data")

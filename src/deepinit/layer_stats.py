@@ -187,6 +187,8 @@ class LayerStats(L.Callback):
             "log_sd_activations": np.array(pred.m_log_sd),
             "log_ratio_preactivations_sqr": np.log(measured_q / q),
         }
+        if "corr" in found["preactivations"]:
+            curves["preactivations_corr"] = self._predict_corr(pred)
         if "gradients" in found:  # anchored at the measured gradient of the logits
             last = found["gradients"]["sqr"][-1].item()
             curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
@@ -204,6 +206,20 @@ class LayerStats(L.Callback):
             names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
             out["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}
         return out
+
+    def _predict_corr(self, pred: theory.Prediction) -> np.ndarray:
+        """c_l of the correlation map, iterated from the inputs' measured correlation: layer 1's expectation pair
+        by pair (q_ab = sigma_w^2 x_a.x_b / fan_in + sigma_b^2), then each layer through the map at the predicted
+        q_l (the mean over inputs)."""
+        x = self._input.flatten(1).double()
+        first = self.model.linears[0]
+        sigma_b2 = pred.sigma_b2
+        gram = pred.sigma_w2[0] * (x @ x.T) / first.in_features + sigma_b2[0]
+        scale = gram.diagonal().sqrt()
+        corr = gram / (scale[:, None] * scale[None, :])
+        n = len(x)
+        c_1 = ((corr.sum() - corr.diagonal().sum()) / max(n * (n - 1), 1)).item()
+        return np.array(theory.correlation_profile(self.model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
 
     # --- output ----------------------------------------------------------------------------------------------
     def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:

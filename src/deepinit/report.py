@@ -1,7 +1,8 @@
 """The sweep report: every run of a multirun in one table and a few figures, written into the sweep folder.
 
-`summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes
-`report.csv`, `report.md` and `report_*.png`, and logs the figures to TensorBoard under `<sweep>/report`.
+`summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
+`report.md` and `report_*.png` (and deepinit.phase's `phase.csv` for a sweep over sigma_w^2 and depth), and logs
+the figures to TensorBoard under `<sweep>/report`.
 `SweepReport` is the Hydra callback that calls it when a multirun ends; scripts/summarize.py calls it by hand.
 """
 
@@ -20,6 +21,7 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from deepinit import phase
 from deepinit.figures import plt
 from deepinit.sweep import running_elsewhere
 
@@ -57,6 +59,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "wall_time_s": summary.get("wall_time_s"),
                 "reason": summary.get("reason"),
                 "_dir": job,
+                "_summary": summary,
             }
         )
     return rows
@@ -234,14 +237,14 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for r in rows:
         counts[r["status"]] += 1
     head = f"# Sweep report: {sweep_dir.name}\n\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    text = [head, "## Over seeds", "\n".join(aggregate_lines(rows)), "## Every run", "\n".join(lines)]
-    (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
-
     from torch.utils.tensorboard import SummaryWriter
 
     for stale in (sweep_dir / "report").glob("events.out.tfevents.*"):
         stale.unlink()  # a resumed sweep's report replaces the earlier one in TensorBoard, not beside it
     writer = SummaryWriter(str(sweep_dir / "report"))
+    text = [head, "## Over seeds", "\n".join(aggregate_lines(rows)), *phase.write(sweep_dir, rows, writer)]
+    text += ["## Every run", "\n".join(lines)]
+    (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
     for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):
         fig = make(rows)
         if fig is not None:

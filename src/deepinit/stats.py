@@ -21,7 +21,7 @@ SATURATION = 0.97
 
 # (group, quantity) pairs each group can record; `health` is dead or saturated depending on activation.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "preactivations": ("mean", "std", "sqr", "nonfinite"),
+    "preactivations": ("mean", "std", "sqr", "nonfinite", "corr"),
     "activations": ("mean", "std", "sqr", "dead", "saturated", "nonfinite"),
     "gradients": ("std", "sqr"),
     "weights": ("std", "norm"),
@@ -77,6 +77,22 @@ def moments(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
     return dict(zip(("mean", "std", "sqr", "nonfinite"), rows.unbind(1), strict=True))
 
 
+def _corr_rows(stacked: Tensor) -> Tensor:
+    """[k, batch, units] -> [k]: the mean over pairs of different inputs of h_a . h_b / (|h_a| |h_b|), the
+    correlation the mean-field correlation map follows (uncentred, as q_ab / sqrt(q_aa q_bb)). In float64, as the
+    moments: an exploding layer's h^2 overflows float32 first."""
+    h = stacked.double()
+    unit = h / h.norm(dim=2, keepdim=True)
+    gram = unit @ unit.transpose(1, 2)
+    n = h.shape[1]
+    return (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / max(n * (n - 1), 1)
+
+
+def correlations(pre: Sequence[Tensor]) -> Tensor:
+    """Per layer, the mean correlation between the pre-activations of pairs of different inputs in the batch."""
+    return rowwise(pre, _corr_rows)
+
+
 def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) -> dict[str, Tensor]:
     """Fraction of dead units (relu-like) or of saturated outputs (tanh, sigmoid); nothing for others."""
     if activation in RELU_LIKE:  # stacked [layers, batch, units]: dead = <= 0 over the whole batch
@@ -91,7 +107,7 @@ def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) 
 def forward_stats(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) -> dict[str, dict[str, Tensor]]:
     """Stats of each Linear's output (all layers) and each activation's output (all but the last)."""
     return {
-        "preactivations": moments(pre),
+        "preactivations": {**moments(pre), "corr": correlations(pre)},
         "activations": {**moments(post), **unit_health(pre[: len(post)], post, activation)},
     }
 

@@ -131,6 +131,7 @@ def scheme_sigma_w2(
         "xavier": 2 * gain**2 / (fan_in + fan_out),
         "xavier_uniform": 2 * gain**2 / (fan_in + fan_out),
         "kaiming": gain**2 / fan_in,
+        "gaussian": gain**2 / fan_in,  # gain = sqrt(sigma_w2)
         "kaiming_uniform": gain**2 / fan_in,
         "kaiming_fan_out": gain**2 / fan_out,
         # Orthonormal rows (fan_out <= fan_in) or columns: every entry has variance 1 / max(fan_in, fan_out).
@@ -160,6 +161,7 @@ class Prediction:
     m_log_sd: list[float]  # the same for ln m_l
     sigma_w2: list[float]  # forward sigma_w^2 per layer, as used
     orthogonal: bool
+    sigma_b2: list[float]  # bias variance per layer, as used
 
 
 def _ratio_log_var(kurtosis: float, fan_in: int, fan_out: int, orthogonal: bool) -> float:
@@ -215,6 +217,7 @@ def predict(
         m_log_sd=[math.sqrt(v) for v in m_var],
         sigma_w2=[s[0] for s in sigma_w2],
         orthogonal=orthogonal,
+        sigma_b2=biases,
     )
 
 
@@ -395,3 +398,72 @@ def correlation_profile(
     for layer in range(1, len(q)):
         out.append(correlation_step(activation, q[layer - 1], out[-1], sigma_w2[layer], sigma_b2[layer]))
     return out
+
+
+# What the depth scales take for granted, said where a run's weights are otherwise.
+NOT_GAUSSIAN = {
+    "orthogonal": "orthogonal weights, not i.i.d. Gaussian: the same maps at their sigma_w^2 (at large width)",
+    "lsuv": "LSUV's orthogonal weights, not i.i.d. Gaussian: the same maps at their measured sigma_w^2",
+    "spectral": "spectrally normalized weights: the Gaussian maps at their measured sigma_w^2",
+    "xavier_uniform": "i.i.d. uniform weights: at large width only their variance enters",
+    "kaiming_uniform": "i.i.d. uniform weights: at large width only their variance enters",
+    "torch_default": "i.i.d. uniform weights (nn.Linear's): at large width only their variance enters",
+}
+
+
+def trainability(
+    model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0
+) -> dict[str, Any]:
+    """depth_scales at the (sigma_w^2, sigma_b^2) of an initialized `deepinit.model.MLP`'s hidden layers, with
+    the network's depth against them and what was assumed: {sigma_w2, sigma_b2, activation, depth, ...depth_scales,
+    depth_over_xi_c, within (depth < 6 xi_c), assumed: [notes]}."""
+    linears = model.linears
+    hidden = [lin for lin in linears[1:-1] if lin.in_features == lin.out_features] or [linears[0]]
+    fan_in, fan_out = hidden[0].in_features, hidden[0].out_features
+    assumed = [NOT_GAUSSIAN[scheme]] if scheme in NOT_GAUSSIAN else []
+    formula = scheme_sigma_w2(scheme, fan_in, fan_out, gain, std)
+    if formula is None:
+        sigma_w2 = float(np.mean([measured_sigma_w2(lin.weight)[0] for lin in hidden]))
+    else:
+        sigma_w2 = formula[0]
+    first = linears[0]
+    if first.in_features != first.out_features and len(linears) > 2:
+        assumed.append(
+            f"the {fan_in}x{fan_out} layers' scales; layer 1 ({first.in_features} -> {first.out_features}) only"
+            " sets the inputs' q and c"
+        )
+    if first.bias is None:
+        sigma_b2 = 0.0
+    elif bias_std is None:  # nn.Linear's own bias, U(+-1/sqrt(fan_in))
+        sigma_b2 = 1 / (3 * fan_in)
+    else:
+        sigma_b2 = float(bias_std) ** 2
+    scales = depth_scales(model.activation, sigma_w2, sigma_b2)
+    depth = model.depth
+    return {
+        "sigma_w2": sigma_w2,
+        "sigma_b2": sigma_b2,
+        "activation": model.activation,
+        "depth": depth,
+        **scales,
+        "depth_over_xi_c": depth / scales["xi_c"],
+        "within": depth < scales["trainable_depth"],
+        "assumed": assumed,
+    }
+
+
+def verdict(t: dict[str, Any]) -> str:
+    """The one line a run prints before its first step (docs/trainability.md):
+    theory: sigma_w^2=2.5 sigma_b^2=0.05 tanh: chaotic (chi_1=1.134), xi_c=11.8, trains to about 6 xi_c = 71
+    layers; depth 50 is within it"""
+    head = f"theory: sigma_w^2={t['sigma_w2']:.4g} sigma_b^2={t['sigma_b2']:.4g} {t['activation']}"
+    where = "within it" if t["within"] else f"beyond it ({t['depth']} layers = {t['depth_over_xi_c']:.3g} xi_c)"
+    if math.isinf(t["xi_c"]):
+        reach = f"xi_c infinite: no depth limit from the theory; depth {t['depth']} is within it"
+    else:
+        depth_limit = TRAINABLE_XI * t["xi_c"]
+        reach = (
+            f"xi_c={t['xi_c']:.3g}, trains to about 6 xi_c = {depth_limit:.0f} layers; depth {t['depth']} is {where}"
+        )
+    line = f"{head}: {t['phase']} (chi_1={t['chi_1']:.4g}), {reach}"
+    return line + "".join(f"; assumed: {note}" for note in t["assumed"])

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as tensorboard_hparams
 
+from deepinit import theory
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
 from deepinit.model import ACTIVATIONS, MLP
@@ -213,6 +214,12 @@ def validate(cfg: DictConfig) -> None:
             f"data.eval_batch_size must be an integer >= 1 (got {cfg.data.eval_batch_size})",
         ),
     ]
+    if cfg.init.name == "gaussian":
+        sw2, sb2 = cfg.init.sigma_w2, cfg.init.sigma_b2
+        checks += [
+            (_number(sw2) and sw2 > 0, f"init.sigma_w2 must be a number > 0 (got {sw2})"),
+            (_number(sb2) and sb2 >= 0, f"init.sigma_b2 must be a number >= 0 (got {sb2})"),
+        ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -286,16 +293,30 @@ def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None
     stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
     if not stats_cfg.pop("enabled"):
         return None
-    theory = {
-        "scheme": cfg.init.name,
-        "gain": init_used["gain"],
-        "std": cfg.init.get("std"),
-        "bias_std": cfg.init.get("bias_std"),
-    }
     try:
-        return LayerStats(**stats_cfg, theory=theory)
+        return LayerStats(**stats_cfg, theory=theory_inputs(cfg, init_used))
     except (TypeError, ValueError) as e:  # LayerStats checks its own settings; here they are the stats.* keys
         raise ConfigError(str(e)) from None
+
+
+def theory_inputs(cfg: DictConfig, init_used: dict[str, Any]) -> dict[str, Any]:
+    """The init as the theory module takes it (scheme, gain, std, bias_std)."""
+    return {"scheme": cfg.init.name, "gain": init_used["gain"], "std": cfg.init.get("std"),
+            "bias_std": init_used["bias_std"]}  # fmt: skip
+
+
+def predict_trainability(cfg: DictConfig, model: MLP, init_used: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """The depth scales of this run's init and whether its depth is within 6 xi_c, said in one line before the
+    first step (summary.json's `theory`)."""
+    prediction = theory.trainability(model, **theory_inputs(cfg, init_used))
+    (log.debug if quiet else log.info)(theory.verdict(prediction))
+    return prediction
+
+
+def hparams_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The HParams row: the config essentials, and the theory's chi_1, xi_c and depth / xi_c."""
+    t = summary.get("theory") or {}
+    return {**summary["config"], **{f"theory/{k}": t[k] for k in ("chi_1", "xi_c", "depth_over_xi_c") if k in t}}
 
 
 def make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
@@ -380,6 +401,7 @@ def final_metrics(metrics: dict[str, float], val_acc_history: list[float]) -> di
         "best_val_acc": max(val_acc_history, default=None),
         "val_loss": _scalar(metrics, "val/loss"),
         "train_loss": _scalar(metrics, "train/loss"),
+        "train_acc": _scalar(metrics, "train/acc"),  # the last logged batch's
     }
 
 
@@ -470,6 +492,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
             f" | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters | device {where}"
             + (f" | resuming from {checkpoint}" if checkpoint else "")
         )
+        summary["theory"] = predict_trainability(cfg, module.model, init_used, quiet=not trainer.is_global_zero)
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if module.divergence is not None:
@@ -485,7 +508,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         summary["hparams_metrics"] = hparams_metrics(summary, callbacks[0] if callbacks else None)
         # Once, at the end, with the final metrics: TensorBoard's HParams columns come from the first hparams
         # summary a run writes, so an early one (without metrics) would hide them.
-        logger.log_hyperparams(summary["config"], summary["hparams_metrics"], step=trainer.global_step)
+        logger.log_hyperparams(hparams_row(summary), summary["hparams_metrics"], step=trainer.global_step)
     except (ConfigError, DataError) as e:
         summary["reason"] = str(e)
         raise

@@ -1,0 +1,177 @@
+"""The trainability phase diagram of a sweep over (sigma_w^2, depth): what trained against what the depth scales
+predict (Schoenholz et al. 2017: a network of depth L trains with a fixed SGD budget where L < 6 xi_c).
+
+`write(sweep_dir, rows, writer)` adds phase.csv, report_phase.png and the agreement lines of report.md for a sweep
+whose runs vary sigma_w^2 and depth; the sweep report (deepinit.report) calls it. docs/trainability.md shows one.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepinit import theory
+from deepinit.figures import plt
+
+TRAINED = 0.5  # test accuracy after the budget that counts as trained (chance is 0.1; runs land near one or the other)
+COLUMNS = ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_acc", "xi_c", "depth_over_xi_c",
+           "trainable", "predicted"]  # fmt: skip
+
+
+def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per finished run with a theory block: its cell (sigma_w^2, sigma_b^2, depth, budget) and results.
+    A diverged run did not train; its accuracy is chance's empty value."""
+    out = []
+    for job in jobs:
+        summary = job.get("_summary") or {}
+        t = summary.get("theory")
+        if job["status"] not in ("ok", "diverged") or not t:
+            continue
+        metrics = summary.get("metrics") or {}
+        budget = (summary.get("settings") or {}).get("trainer", {}).get("max_steps")
+        test_acc = metrics.get("test_acc") if job["status"] == "ok" else None
+        xi_c = float(t["xi_c"])  # summary.json writes inf as "inf"
+        out.append(
+            {
+                "sigma_w2": round(t["sigma_w2"], 6),
+                "sigma_b2": round(t["sigma_b2"], 6),
+                "depth": t["depth"],
+                "steps": budget if budget and budget > 0 else summary.get("steps"),
+                "seed": (summary.get("config") or {}).get("seed"),
+                "train_acc": metrics.get("train_acc") if job["status"] == "ok" else None,
+                "test_acc": test_acc,
+                "xi_c": xi_c,
+                "depth_over_xi_c": t["depth"] / xi_c,
+                "trainable": test_acc is not None and test_acc >= TRAINED,
+                "predicted": t["depth"] < theory.TRAINABLE_XI * xi_c,
+                "activation": t["activation"],
+            }
+        )
+    return out
+
+
+def applies(rows: list[dict[str, Any]]) -> bool:
+    return len({r["sigma_w2"] for r in rows}) > 1 and len({r["depth"] for r in rows}) > 1
+
+
+def cells(rows: list[dict[str, Any]]) -> dict[tuple[int, float, int], dict[str, Any]]:
+    """(steps, sigma_w^2, depth) -> mean test accuracy over seeds (a diverged run counts as 0.1, chance), whether
+    the cell trained (its mean at least TRAINED) and whether the theory says it should."""
+    grouped: dict[tuple[int, float, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        grouped[(r["steps"], r["sigma_w2"], r["depth"])].append(r)
+    out = {}
+    for key, members in grouped.items():
+        acc = float(np.mean([0.1 if m["test_acc"] is None else m["test_acc"] for m in members]))
+        first = members[0]
+        out[key] = {"acc": acc, "trained": acc >= TRAINED, "predicted": first["predicted"],
+                    "depth_over_xi_c": first["depth_over_xi_c"]}  # fmt: skip
+    return out
+
+
+def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """report.md's section: how often measured and predicted agree, overall and away from the boundary, and each
+    cell where they do not with its likely reason."""
+    table = cells(rows)
+    agree = [c["trained"] == c["predicted"] for c in table.values()]
+    shallow = [c["trained"] for c in table.values() if c["depth_over_xi_c"] <= 3]
+    deep = [not c["trained"] for c in table.values() if c["depth_over_xi_c"] >= 12]
+    lines = [
+        f"Cells (sigma_w^2 x depth x budget, mean over seeds): {len(table)}; trained means test accuracy >= "
+        f"{TRAINED:g}; predicted means depth < 6 xi_c.",
+        "",
+        f"- measured and predicted agree in {sum(agree)} of {len(agree)} cells ({_pct(agree)})",
+        f"- depth <= 3 xi_c that trained: {sum(shallow)} of {len(shallow)} ({_pct(shallow)})",
+        f"- depth >= 12 xi_c that did not train: {sum(deep)} of {len(deep)} ({_pct(deep)})",
+    ]
+    disagree = sorted((k, c) for k, c in table.items() if c["trained"] != c["predicted"])
+    if disagree:
+        lines += ["", "| steps | sigma_w^2 | depth | depth / xi_c | test acc | measured | predicted | why, likely |",
+                  "|" + "---|" * 8]  # fmt: skip
+        for key, c in disagree:
+            steps, sw2, depth = key
+            lines.append(
+                f"| {steps} | {sw2:g} | {depth} | {c['depth_over_xi_c']:.3g} | {c['acc']:.3f} | "
+                f"{'trained' if c['trained'] else 'not'} | {'trains' if c['predicted'] else 'not'} | "
+                f"{_why(key, c, table)} |"
+            )
+    return lines
+
+
+def _why(key: tuple[int, float, int], cell: dict[str, Any], table: dict) -> str:
+    """A disagreement's likely reason, from the cell and its neighbours in budget."""
+    steps, sw2, depth = key
+    other = {k[0]: c["trained"] for k, c in table.items() if k[1:] == (sw2, depth) and k[0] != steps}
+    if not cell["trained"] and any(trained for budget, trained in other.items() if budget > steps):
+        return f"the budget: {max(other)} steps train it"
+    if cell["trained"] and any(not trained for budget, trained in other.items() if budget < steps):
+        return f"the budget: beyond 6 xi_c, {min(other)} steps do not train it; more steps widen the band"
+    if 3 < cell["depth_over_xi_c"] < 12:
+        return "near the boundary: 6 xi_c is a rule of thumb, and finite width and layer 1 (784 wide) shift it"
+    if not cell["trained"]:
+        return "too few steps or too small a learning rate for this depth, far inside 6 xi_c"
+    return "trained far beyond 6 xi_c: finite width and the 784-wide layer 1 give it more than the theory"
+
+
+def _pct(flags: list[bool]) -> str:
+    return f"{100 * sum(flags) / len(flags):.0f}%" if flags else "no cells"
+
+
+def figure(rows: list[dict[str, Any]]):
+    """Test accuracy over (sigma_w^2, depth), log depth, one panel per budget, with 6 xi_c and chi_1 = 1 drawn."""
+    table = cells(rows)
+    budgets = sorted({k[0] for k in table})
+    sw2s = sorted({k[1] for k in table})
+    depths = sorted({k[2] for k in table})
+    activation, sigma_b2 = rows[0]["activation"], rows[0]["sigma_b2"]
+    x_edges = _edges(np.array(sw2s), log=False)
+    y_edges = _edges(np.array(depths, dtype=float), log=True)
+    fine = np.linspace(x_edges[0], x_edges[-1], 120)
+    limit = [theory.TRAINABLE_XI * theory.depth_scales(activation, s, sigma_b2)["xi_c"] for s in fine]
+    edge = theory.edge_of_chaos(activation, sigma_b2)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets) + 1, 4.8), squeeze=False)
+    for ax, steps in zip(axes.flat, budgets, strict=True):
+        grid = np.array([[table.get((steps, s, d), {}).get("acc", np.nan) for s in sw2s] for d in depths])
+        image = ax.pcolormesh(x_edges, y_edges, grid, vmin=0, vmax=1, cmap="viridis", shading="flat")
+        ax.plot(fine, np.minimum(limit, 1e6), "w-", lw=2, label="6 xi_c")
+        if x_edges[0] <= edge <= x_edges[-1]:
+            ax.axvline(edge, color="w", ls="--", lw=1.2, label=f"chi_1 = 1 ({edge:.3g})")
+        ax.set_yscale("log")
+        ax.set_ylim(y_edges[0], y_edges[-1])
+        ax.set_yticks(depths, [str(d) for d in depths])
+        ax.minorticks_off()
+        ax.set(xlabel="sigma_w^2", ylabel="depth", title=f"{steps} SGD steps")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="test accuracy")
+    fig.suptitle(f"Trainability: {activation}, sigma_b^2 = {sigma_b2:g}")
+    return fig
+
+
+def _edges(centres: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges halfway between grid values (geometrically for a log axis), half a step beyond the ends."""
+    v = np.log(centres) if log else centres
+    mid = (v[1:] + v[:-1]) / 2 if len(v) > 1 else np.array([])
+    step = (v[1] - v[0]) if len(v) > 1 else 1.0
+    edges = np.concatenate([[v[0] - (mid[0] - v[0] if len(mid) else step / 2)], mid,
+                            [v[-1] + (v[-1] - mid[-1] if len(mid) else step / 2)]])  # fmt: skip
+    return np.exp(edges) if log else edges
+
+
+def write(sweep_dir: Path, jobs: list[dict[str, Any]], writer) -> list[str]:
+    """phase.csv and report_phase.png (also in TensorBoard) when the sweep varies sigma_w^2 and depth; returns the
+    report.md lines (none otherwise)."""
+    rows = rows_of(jobs)
+    if not applies(rows):
+        return []
+    with open(sweep_dir / "phase.csv", "w", newline="") as f:
+        out = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    fig = figure(rows)
+    fig.savefig(sweep_dir / "report_phase.png", dpi=110)
+    writer.add_figure("report/phase", fig)
+    return ["## Trainability: measured against 6 xi_c", "\n".join(agreement_lines(rows))]

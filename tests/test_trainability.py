@@ -1,0 +1,82 @@
+"""The theory predicts which networks train: the verdict a run prints before its first step, its `theory` block,
+and the correlation map measured at step 0 against the theory's c_l. Through the real command line."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import read_csv, read_events, train_cli
+from deepinit import theory
+
+RUN = ["init=gaussian", "init.sigma_b2=0.05", "activation=tanh", "depth=50", "trainer.max_steps=1",
+       "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_checkpointing=false"]  # fmt: skip
+
+
+def step0(run_dir, group, quantity):
+    values = read_csv(run_dir)[(0, group, quantity)]
+    return np.array([values[layer] for layer in sorted(values)])
+
+
+@pytest.mark.parametrize("sigma_w2, phase", [(2.5, "chaotic"), (1.0, "ordered")])
+def test_a_run_says_what_the_theory_predicts_and_its_correlations_follow_it(tmp_path, mnist_root, sigma_w2, phase):
+    done = train_cli(*RUN, f"init.sigma_w2={sigma_w2}", runs_dir=tmp_path, data_root=mnist_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = tmp_path.iterdir()
+    theory = json.loads((run_dir / "summary.json").read_text())["theory"]
+    assert theory["phase"] == phase and theory["depth"] == 50
+    assert theory["trainable_depth"] == pytest.approx(6 * theory["xi_c"])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("theory: ")]
+    assert len(lines) == 1, done.stdout[-3000:]
+    within = "within it" if theory["within"] else "beyond it"
+    assert lines[0].startswith(f"theory: sigma_w^2={sigma_w2:g} sigma_b^2=0.05 tanh: {phase} (chi_1=")
+    assert f"xi_c={theory['xi_c']:.3g}, trains to about 6 xi_c = {6 * theory['xi_c']:.0f} layers" in lines[0]
+    assert f"depth 50 is {within}" in lines[0] and "layer 1 (784 -> 256)" in lines[0]
+    measured = step0(run_dir, "preactivations", "corr")
+    predicted = step0(run_dir, "theory", "preactivations_corr")
+    assert len(measured) == len(predicted) == 50
+    assert abs(measured[0] - predicted[0]) < 0.02  # layer 1: the inputs' own correlation, through one layer
+    deep = measured[30:].mean()
+    if phase == "chaotic":
+        # the correlation of 256 units scatters by about (1 - c^2) / sqrt(width) around c*
+        spread = (1 - theory["c_star"] ** 2) / math.sqrt(256)
+        assert 0.2 < theory["c_star"] < 0.7 and abs(deep - theory["c_star"]) < spread
+        assert abs(predicted[-1] - theory["c_star"]) < 0.01
+    else:
+        assert theory["c_star"] == 1.0 and deep > 0.999 and predicted[-1] > 0.999  # every input alike
+
+
+def test_schemes_off_the_theory_say_what_was_assumed(tmp_path, mnist_root):
+    done = train_cli("init=orthogonal", "depth=4", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+                     "trainer.limit_test_batches=1", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("theory: ")]
+    assert "sigma_w^2=2 " in line and "relu: critical" in line and "assumed: orthogonal weights" in line
+
+
+def test_the_phase_diagram_experiment_reports_accuracy_against_6_xi_c(tmp_path, mnist_root):
+    """experiment=phase_diagram_cpu on a 2 x 2 corner of its grid, one budget: the report's table and figure."""
+    done = train_cli("-m", "experiment=phase_diagram_cpu", "init.sigma_w2=1.0,2.25", "depth=3,40",
+                     "trainer.max_steps=60", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "batched group of 2 runs" in done.stdout + done.stderr  # a depth's sigma_w^2 trained together
+    (sweep,) = tmp_path.iterdir()
+    rows = list(csv.DictReader(open(sweep / "phase.csv")))
+    assert list(rows[0]) == ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_acc", "xi_c",
+                             "depth_over_xi_c", "trainable", "predicted"]  # fmt: skip
+    cells = {(float(r["sigma_w2"]), int(r["depth"])): r for r in rows}
+    assert set(cells) == {(1.0, 3), (1.0, 40), (2.25, 3), (2.25, 40)}
+    for (sigma_w2, depth), r in cells.items():
+        expected = theory.depth_scales("tanh", sigma_w2, 0.05)["xi_c"]
+        assert float(r["xi_c"]) == pytest.approx(expected) and r["steps"] == "60" and float(r["sigma_b2"]) == 0.05
+        assert r["predicted"] == str(depth < 6 * expected)
+        assert r["trainable"] == str(float(r["test_acc"]) >= 0.5)
+    # sigma_w^2 = 1 is ordered (xi_c 3.6): depth 40 is 11 xi_c and does not train; depth 3 trains in 60 steps
+    assert cells[(1.0, 40)]["trainable"] == "False" and cells[(1.0, 3)]["trainable"] == "True"
+    assert (sweep / "report_phase.png").stat().st_size > 20_000
+    report = (sweep / "report.md").read_text()
+    assert "## Trainability: measured against 6 xi_c" in report and "measured and predicted agree in" in report
+    figures = read_events(sweep / "report").Tags()["images"]
+    assert "report/phase" in figures
