@@ -40,8 +40,9 @@ def test_a_run_says_what_the_theory_predicts_and_its_correlations_follow_it(tmp_
     assert abs(measured[0] - predicted[0]) < 0.02  # layer 1: the inputs' own correlation, through one layer
     deep = measured[30:].mean()
     if phase == "chaotic":
-        # the correlation of 256 units scatters by about (1 - c^2) / sqrt(width) around c*
-        spread = (1 - theory["c_star"] ** 2) / math.sqrt(256)
+        # finite width: the deep layers' mean correlation scatters around c* by about 0.8 (1 - c*^2) / sqrt(width)
+        # (measured over seeds 0-7: 0.447 +- 0.041 at width 256, 0.439 +- 0.022 at 1024, c* = 0.4468)
+        spread = 3 * (1 - theory["c_star"] ** 2) / math.sqrt(256)
         assert 0.2 < theory["c_star"] < 0.7 and abs(deep - theory["c_star"]) < spread
         assert abs(predicted[-1] - theory["c_star"]) < 0.01
     else:

@@ -216,9 +216,7 @@ class LayerStats(L.Callback):
         sigma_b2 = pred.sigma_b2
         gram = pred.sigma_w2[0] * (x @ x.T) / first.in_features + sigma_b2[0]
         scale = gram.diagonal().sqrt()
-        corr = gram / (scale[:, None] * scale[None, :])
-        n = len(x)
-        c_1 = ((corr.sum() - corr.diagonal().sum()) / max(n * (n - 1), 1)).item()
+        c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
         return np.array(theory.correlation_profile(self.model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
 
     # --- output ----------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "activation": t["activation"],
             }
         )
-    return out
+    return sorted(out, key=lambda r: (r["steps"], r["sigma_w2"], r["depth"], r["seed"] or 0))
 
 
 def applies(rows: list[dict[str, Any]]) -> bool:

@@ -83,9 +83,13 @@ def _corr_rows(stacked: Tensor) -> Tensor:
     moments: an exploding layer's h^2 overflows float32 first."""
     h = stacked.double()
     unit = h / h.norm(dim=2, keepdim=True)
-    gram = unit @ unit.transpose(1, 2)
-    n = h.shape[1]
-    return (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / max(n * (n - 1), 1)
+    return pair_mean(unit @ unit.transpose(1, 2))
+
+
+def pair_mean(gram: Tensor) -> Tensor:
+    """The mean of [..., n, n]'s off-diagonal entries: over the pairs of different inputs."""
+    n = gram.shape[-1]
+    return (gram.sum((-2, -1)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / max(n * (n - 1), 1)
 
 
 def correlations(pre: Sequence[Tensor]) -> Tensor:
