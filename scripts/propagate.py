@@ -1,4 +1,4 @@
-"""Run the notebook's propagation experiments against THEORY.md and write the table and figures.
+"""Run the notebook's propagation experiments against docs/theory.md and write the table and figures.
 
 python scripts/propagate.py
 python scripts/propagate.py seed=3 reuse.draws_reused=128 drift.n=256

@@ -1,4 +1,4 @@
-"""The propagation experiments agree with THEORY.md at small sizes, and the script writes its table."""
+"""The propagation experiments agree with docs/theory.md at small sizes, and the script writes its table."""
 
 import csv
 import json

@@ -1,4 +1,4 @@
-"""The theory module against THEORY.md's numbers, Monte Carlo (float64, fixed seeds) and real MNIST runs."""
+"""The theory module against docs/theory.md's numbers, Monte Carlo (float64, fixed seeds) and real MNIST runs."""
 
 import math
 
@@ -21,7 +21,7 @@ def test_second_moments_match_theory_md(activation, q, expected):
     assert theory.second_moment(activation, q) == pytest.approx(expected, abs=2e-6)
 
 
-# selu: THEORY.md gives 1.071615; the closed form lambda^2 (1/2 + alpha^2 e^2 Phi(-2)) and a trapezoid
+# selu: the reference notes once gave 1.071615; the closed form lambda^2 (1/2 + alpha^2 e^2 Phi(-2)) and a trapezoid
 # integral split at the derivative's jump both give 1.0715750 (the doc's figure is off by 4e-5, Monte Carlo-sized).
 @pytest.mark.parametrize(
     "activation, expected", [("tanh", 0.464403), ("sigmoid", 0.044836), ("gelu", 0.455851), ("selu", 1.071575)]
@@ -40,7 +40,7 @@ def test_closed_forms_agree_with_quadrature(activation, q):
 
 
 def test_tanh_fixed_point_with_gain_5_3():
-    # THEORY.md 2: sigma_w^2 = 25/9 -> q* = 1.1785, m* = 0.42425, chi_1 = 1.2098
+    # docs/theory.md 2: sigma_w^2 = 25/9 -> q* = 1.1785, m* = 0.42425, chi_1 = 1.2098
     q = 1.0
     for _ in range(500):
         q = 25 / 9 * theory.second_moment("tanh", q)
@@ -52,7 +52,7 @@ def test_tanh_fixed_point_with_gain_5_3():
 def test_tanh_lecun_decays_like_one_over_2l():
     depth = 2000
     pred = theory.predict("tanh", [(1.0, 1.0)] * depth, [(256, 256)] * depth)
-    # THEORY.md 2: 1/m_L ~ 2L - (5/6) ln L + 1.11
+    # docs/theory.md 2: 1/m_L ~ 2L - (5/6) ln L + 1.11
     assert 1 / pred.m[-1] == pytest.approx(2 * (depth - 1) - 5 / 6 * math.log(depth - 1) + 1.11, rel=2e-3)
 
 
@@ -62,7 +62,7 @@ def test_relu_halves_under_xavier_and_holds_under_kaiming():
     kaiming = theory.predict("relu", [(2.0, 2.0)] * 50, shapes)
     assert xavier.m[-1] == pytest.approx(2.0**-49, rel=1e-12)  # m_49 = (1/2)^49 with m_0 = 1
     assert kaiming.q == pytest.approx([2.0] * 50) and kaiming.chi == pytest.approx([1.0] * 49)
-    # THEORY.md 5: He + relu, n = 512, 50 layers: ln(m_50/m_0) has sd 0.70 (5 * 50 / 512 = 0.488 = 0.70^2)
+    # docs/theory.md 5: He + relu, n = 512, 50 layers: ln(m_50/m_0) has sd 0.70 (5 * 50 / 512 = 0.488 = 0.70^2)
     assert kaiming.m_log_sd[-1] ** 2 == pytest.approx(5 * 49 / 512, rel=1e-6)
 
 
@@ -141,7 +141,7 @@ def test_backward_prediction_against_monte_carlo(activation):
     [("relu", "kaiming", 5), ("relu", "orthogonal", 3), ("linear", "kaiming", 2)],
 )
 def test_finite_width_spread_against_monte_carlo(activation, scheme, per_layer):
-    # THEORY.md 1f: Var ln(m_L/m_0) ~ per_layer * L / n for square layers, one input, fresh weights.
+    # docs/theory.md 1f: Var ln(m_L/m_0) ~ per_layer * L / n for square layers, one input, fresh weights.
     n, layers, draws = 64, 40, 300
     torch.manual_seed(2)
     logs = []
@@ -237,7 +237,7 @@ def test_isometry_theory_and_hutchinson_estimate_against_exact_spectra(activatio
     assert estimate[1] == pytest.approx(s2, rel=0.15, abs=0.02)
 
 
-# --- depth scales (THEORY.md 6) against Monte Carlo -------------------------------------------------------------
+# --- depth scales (docs/theory.md 6) against Monte Carlo -------------------------------------------------------------
 @pytest.mark.parametrize(
     "sigma_b2, sigma_w2", [(0.0, 1.0), (0.01, 1.42421), (0.05, 1.76095), (0.1, 1.98607), (0.3, 2.50513), (1.0, 3.44321)]
 )
@@ -247,7 +247,7 @@ def test_tanh_edge_of_chaos_matches_theory_md(sigma_b2, sigma_w2):
 
 
 def test_depth_scales_of_theory_md_examples_and_degenerate_points():
-    gain_5_3 = theory.depth_scales("tanh", 25 / 9, 0.0)  # THEORY.md 2: q* 1.1785, chi_1 1.2098
+    gain_5_3 = theory.depth_scales("tanh", 25 / 9, 0.0)  # docs/theory.md 2: q* 1.1785, chi_1 1.2098
     assert gain_5_3["q_star"] == pytest.approx(1.1785, abs=1e-4) and gain_5_3["chi_1"] == pytest.approx(
         1.2098, abs=1e-4
     )
@@ -256,7 +256,7 @@ def test_depth_scales_of_theory_md_examples_and_degenerate_points():
         d = theory.depth_scales(activation, sigma_w2, 0.0)
         assert d["phase"] == "critical" and d["xi_c"] == d["trainable_depth"] == math.inf, activation
     assert theory.depth_scales("relu", 2.0, 0.0)["xi_q"] == math.inf
-    # off the degenerate point the scales are finite again (THEORY.md 6)
+    # off the degenerate point the scales are finite again (docs/theory.md 6)
     assert 0 < theory.depth_scales("relu", 1.5, 0.0)["xi_c"] < math.inf
     for activation in ACTIVATIONS:
         for sigma_w2 in (0.5, 1.0, 2.0, 4.0):

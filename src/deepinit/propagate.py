@@ -1,4 +1,4 @@
-"""The notebook's propagation experiments as plain functions, each set against THEORY.md.
+"""The notebook's propagation experiments as plain functions, each set against docs/theory.md.
 
 No Lightning, no Hydra: every experiment is a function that draws its own random numbers from a seed
 and returns an `Experiment` with table rows (measured, theory, tolerance, agrees) and the arrays its
@@ -6,7 +6,7 @@ figure needs. scripts/propagate.py runs them all and writes the table; docs/init
 cites the rows by id.
 
 Tolerances come from spreads, never from hand-tuning: a mean is allowed 3-4 standard errors (from the
-predicted spread where THEORY.md gives one, else from the sampled one), a median 3 standard errors of a
+predicted spread where docs/theory.md gives one, else from the sampled one), a median 3 standard errors of a
 median (1.2533 sd / sqrt(draws) for a normal sample), a sample sd 3 standard errors of an sd
 (sd / sqrt(2 (draws - 1))). Products over depth are log-normal, so depth experiments are read in ln space.
 """
@@ -27,7 +27,7 @@ FLOAT32_MAX = torch.finfo(torch.float32).max  # 3.4028e38
 FLOAT32_SUBNORMAL = 2.0**-149  # 1.4e-45, the smallest positive float32: one ulp of the subnormal range
 MEDIAN_SE = math.sqrt(math.pi / 2)  # se(median) = 1.2533 sd / sqrt(k) for a normal sample
 
-# THEORY.md 1e: Monte Carlo values for one reused A = a / sqrt(512). They are exp(mean ln ratio), the
+# docs/theory.md 1e: Monte Carlo values for one reused A = a / sqrt(512). They are exp(mean ln ratio), the
 # geometric mean over draws; the distribution is right-skewed, so the median is lower (see the rows).
 # Each value carries the precision it is quoted to, in ln units.
 REUSED_LINEAR_512 = {
@@ -35,11 +35,11 @@ REUSED_LINEAR_512 = {
     100: (math.log(15), "15", 0.5 / 15),
     200: (8.0, "e^8", 0.5),
 }
-# THEORY.md 1e: the spectral radius of A = a / sqrt(512) is 1.032 +- 0.015 over draws. Past sqrt(n) layers
+# docs/theory.md 1e: the spectral radius of A = a / sqrt(512) is 1.032 +- 0.015 over draws. Past sqrt(n) layers
 # ln ||A^L x||^2 ~ 2 L ln rho, so draws spread by sd ~ 2 L * 0.015 / 1.032 (an upper bound before the
 # growth is rho-dominated: about 2/3 of the measured sd at L = 50, equal at L = 200).
 RHO_512 = (1.032, 0.015)
-RELU_REUSED_SD_COEF = 2.0  # THEORY.md 1e: sd of ln lambda^2 is "about 2.0 / sqrt(n)", quoted to +-0.05
+RELU_REUSED_SD_COEF = 2.0  # docs/theory.md 1e: sd of ln lambda^2 is "about 2.0 / sqrt(n)", quoted to +-0.05
 
 
 @dataclass
@@ -365,7 +365,7 @@ def reuse(
     fresh = log_growth(n, depth, draws_fresh, False, seed)
     rows = []
 
-    # Fresh layers: ln R_l iid with mean -1/n, var 2/n (linear) or -2.5/n, 5/n (relu), THEORY.md 1f
+    # Fresh layers: ln R_l iid with mean -1/n, var 2/n (linear) or -2.5/n, 5/n (relu), docs/theory.md 1f
     for act, m1, v1, text in [("linear", -1.0, 2.0, "-L/n"), ("relu", -2.5, 5.0, "-2.5L/n")]:
         v = fresh[act][:, depth]
         mean, sd = m1 * depth / n, math.sqrt(v1 * depth / n)
@@ -383,7 +383,7 @@ def reuse(
             )
         )
 
-    # One reused linear A: like fresh while L << sqrt(n), then rho(A)^(2L) takes over (THEORY.md 1e)
+    # One reused linear A: like fresh while L << sqrt(n), then rho(A)^(2L) takes over (docs/theory.md 1e)
     letter = iter("cdefghij")
     for L in depths:
         v = reused["linear"][:, L]
@@ -393,13 +393,13 @@ def reuse(
             tol, ttext = 3 * math.sqrt(2 * L / n) / math.sqrt(draws_reused), "3 se"
         elif n == 512 and L in REUSED_LINEAR_512:
             pred, text, quoted = REUSED_LINEAR_512[L]
-            ptext = f"ln {text} = {_g(pred)} (THEORY 1e)"
+            ptext = f"ln {text} = {_g(pred)} (docs/theory.md 1e)"
             # the predicted spread, not the sampled one: ln ratio is right-skewed, and a small sample that
             # misses the tail understates its mean and its sd together
             sd_pred = 2 * L * RHO_512[1] / RHO_512[0]
             tol, ttext = 3 * sd_pred / math.sqrt(draws_reused) + quoted, "3 se + digits"
         else:
-            continue  # THEORY.md has no number for this (n, L)
+            continue  # docs/theory.md has no number for this (n, L)
         rows.append(
             Row(
                 f"4{next(letter)}",
@@ -460,7 +460,7 @@ def relu_drift_theory(n: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def drift(n: int = 128, depths: tuple[int, ...] = (100, 500), draws: int = 64, seed: int = 0) -> Experiment:
-    """Fresh He-initialized relu layers at finite width: ln(m_L / m_0) is log-normal (THEORY.md 1f).
+    """Fresh He-initialized relu layers at finite width: ln(m_L / m_0) is log-normal (docs/theory.md 1f).
 
     R_l = m_l / m_{l-1} is (2/n) chi^2_K with K ~ Binomial(n, 1/2), iid over layers: E R = 1 but
     E ln R = -2.5/n and Var ln R = 5/n (up to O(1/n^2): 1.3% and 3% more at n = 128).
@@ -572,7 +572,7 @@ def plot_growth(exp: Experiment, path: Path) -> None:
         ax.plot(layers, m1 * layers / n, "k--", lw=1, label=f"fresh theory {text}")
         if act == "linear" and n == 512:
             pts = sorted(REUSED_LINEAR_512.items())
-            ax.plot([p[0] for p in pts], [p[1][0] for p in pts], "kx", label="THEORY 1e (geometric mean)")
+            ax.plot([p[0] for p in pts], [p[1][0] for p in pts], "kx", label="docs/theory.md 1e (geometric mean)")
         ax.axvline(math.sqrt(n), color="gray", lw=0.8, ls=":")
         ax.set_title(f"{act}, n = {n} ({'a/sqrt(n)' if act == 'linear' else 'a*sqrt(2/n)'}); dotted: sqrt(n)")
         ax.set_xlabel("layer l")

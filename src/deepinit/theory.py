@@ -1,4 +1,4 @@
-"""What the variance theory predicts for a deep MLP at initialization (see ../shared/THEORY.md).
+"""What the variance theory predicts for a deep MLP at initialization (see docs/theory.md).
 
 Plain functions, no Lightning. Notation: q_l = E h_l^2 (pre-activation second moment), m_l = E phi(h_l)^2
 (post-activation second moment), sigma_w^2 = fan_in * Var(W), sigma_b^2 = Var(b). Forward:
@@ -71,7 +71,7 @@ def _std_normal_cdf(x: float) -> float:
 
 
 def second_moment(activation: str, q: float) -> float:
-    """V(q) = E phi(sqrt(q) z)^2: closed forms where they exist (THEORY.md table), quadrature otherwise."""
+    """V(q) = E phi(sqrt(q) z)^2: closed forms where they exist (docs/theory.md table), quadrature otherwise."""
     if activation == "linear":
         return q
     if activation == "relu":
@@ -165,7 +165,7 @@ class Prediction:
 
 
 def _ratio_log_var(kurtosis: float, fan_in: int, fan_out: int, orthogonal: bool) -> float:
-    """Var ln(unit average of f(h)^2 / its mean) for one layer, given its input (THEORY.md 1f).
+    """Var ln(unit average of f(h)^2 / its mean) for one layer, given its input (docs/theory.md 1f).
 
     Gaussian weights: the n units are iid given the input, Var = (E f^4 / (E f^2)^2 - 1) / n (relu 5/n, the
     raw h^2 2/n). Orthonormal rows remove the chi-square part of that (relu 3/n, linear 0) but, when they
@@ -243,7 +243,7 @@ def predict_model(
 
 
 def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, float]:
-    """THEORY.md 4 (Pennington, Schoenholz & Ganguli 2017): for J over `layers` (0-based, square), the mean
+    """docs/theory.md 4 (Pennington, Schoenholz & Ganguli 2017): for J over `layers` (0-based, square), the mean
     squared singular value m1 = prod sigma_w^2 mu1 and the spread s^2 ~ sum (v_W + v_D), v_W = 1 for
     Gaussian and 0 for orthogonal weights, v_D = mu2 / mu1^2 - 1 with mu_k = E phi'(h)^(2k)."""
     m1, s2 = 1.0, 0.0
@@ -272,8 +272,8 @@ def pair_expect(fn: Callable[[np.ndarray], np.ndarray], q: float, c: float) -> f
 
 
 def correlation_step(activation: str, q: float, c: float, sigma_w2: float, sigma_b2: float) -> float:
-    """The correlation map: c_{l+1} from c_l for two inputs whose pre-activations have second moment q (THEORY 6).
-    The next layer's q is sigma_w^2 V(q) + sigma_b^2, the same for both."""
+    """The correlation map (docs/theory.md 6): c_{l+1} from c_l for two inputs whose pre-activations have second
+    moment q. The next layer's q is sigma_w^2 V(q) + sigma_b^2, the same for both."""
     q_next = sigma_w2 * second_moment(activation, q) + sigma_b2
     if q_next <= 0:
         return 1.0
