@@ -1,6 +1,7 @@
-"""The initialization schemes of the study: one small function per scheme, in one registry.
+"""The initialization schemes of the study: one `Scheme` record each (how it fills a weight matrix, the variance
+the theory reads, its options, what the theory assumes of it), in one registry, SCHEMES.
 
-Each function fills one weight matrix in place, given the gain (from the activation unless the config
+Each fill function fills one weight matrix in place, given the gain (from the activation unless the config
 overrides it) and the scheme's own options from `conf/init/<name>.yaml`. torch.nn.init does the sampling
 wherever it has the function; `gain / sqrt(fan)` schemes sample with gain 1 ('linear') and scale by the
 gain, so any gain can be given, not only the ones calculate_gain knows.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,29 +46,72 @@ def _keep(w: Tensor, gain: float) -> None:
     """nn.Linear already drew U(+-1/sqrt(fan_in)) when the model was built."""
 
 
-SCHEMES: dict[str, WeightInit] = {
-    "normal": _fixed_std,
-    "small": _fixed_std,
-    "lecun": _kaiming_normal("fan_in"),  # LeCun is fan_in scaling with gain 1 (its yaml fixes gain: 1)
-    "xavier": lambda w, gain: nn.init.xavier_normal_(w, gain=gain),
-    "xavier_uniform": lambda w, gain: nn.init.xavier_uniform_(w, gain=gain),
-    "kaiming": _kaiming_normal("fan_in"),
-    "gaussian": _kaiming_normal("fan_in"),  # gain sqrt(sigma_w2), from its own options (initialize)
-    "kaiming_uniform": _kaiming_uniform,
-    "kaiming_fan_out": _kaiming_normal("fan_out"),
-    "orthogonal": lambda w, gain: nn.init.orthogonal_(w, gain=gain),
-    "torch_default": _keep,
-    "spectral": _spectral,
-    # LSUV starts orthonormal; `lsuv_rescale` then fixes each layer's scale on a real batch.
-    "lsuv": lambda w, gain: nn.init.orthogonal_(w, gain=1.0),
-}
+def _fan_in(fan_in: int, fan_out: int, gain: float, std: float | None) -> float:
+    return gain**2 / fan_in
 
-# Options a scheme's yaml may carry besides name, gain and bias_std.
-SCHEME_OPTIONS = {
-    "normal": {"std"},
-    "small": {"std"},
-    "lsuv": {"tol", "max_iter", "batch_size"},
-    "gaussian": {"sigma_w2", "sigma_b2"},
+
+def _xavier(fan_in: int, fan_out: int, gain: float, std: float | None) -> float:
+    return 2 * gain**2 / (fan_in + fan_out)
+
+
+def _std_or(default: float) -> Callable[[int, int, float, float | None], float]:
+    return lambda fan_in, fan_out, gain, std: (default if std is None else std) ** 2
+
+
+UNIFORM = "i.i.d. uniform weights: at large width only their variance enters"
+TORCH_UNIFORM = "i.i.d. uniform weights (nn.Linear's): at large width only their variance enters"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One init scheme, everything about it in one place.
+
+    fill: fills one weight matrix in place, given the gain (and the `std` option where the scheme takes it);
+    variance: Var(W) of a (fan_in, fan_out) layer for a gain and std, as the theory reads it (sigma_w^2 = fan_in
+    Var W); None where no formula sets the scale (measured from the weights instead); options: what its yaml may
+    carry besides name, gain and bias_std; orthogonal: orthonormal rows or columns rather than i.i.d. entries (the
+    finite-width spread differs); assumed: what the depth-scale theory takes for granted about such weights."""
+
+    fill: WeightInit
+    variance: Callable[[int, int, float, float | None], float] | None
+    options: frozenset[str] = frozenset()
+    orthogonal: bool = False
+    assumed: str | None = None
+
+
+SCHEMES: dict[str, Scheme] = {
+    "normal": Scheme(_fixed_std, _std_or(1.0), frozenset({"std"})),
+    "small": Scheme(_fixed_std, _std_or(0.01), frozenset({"std"})),
+    "lecun": Scheme(_kaiming_normal("fan_in"), _fan_in),  # fan_in scaling with gain 1 (its yaml fixes gain: 1)
+    "xavier": Scheme(lambda w, gain: nn.init.xavier_normal_(w, gain=gain), _xavier),
+    "xavier_uniform": Scheme(lambda w, gain: nn.init.xavier_uniform_(w, gain=gain), _xavier, assumed=UNIFORM),
+    "kaiming": Scheme(_kaiming_normal("fan_in"), _fan_in),
+    # The depth-scale papers' parametrization: gain sqrt(sigma_w2) and bias std sqrt(sigma_b2) (initialize).
+    "gaussian": Scheme(_kaiming_normal("fan_in"), _fan_in, frozenset({"sigma_w2", "sigma_b2"})),
+    "kaiming_uniform": Scheme(_kaiming_uniform, _fan_in, assumed=UNIFORM),
+    "kaiming_fan_out": Scheme(_kaiming_normal("fan_out"), lambda fan_in, fan_out, gain, std: gain**2 / fan_out),
+    # Orthonormal rows (fan_out <= fan_in) or columns: every entry has variance 1 / max(fan_in, fan_out).
+    "orthogonal": Scheme(
+        lambda w, gain: nn.init.orthogonal_(w, gain=gain),
+        lambda fan_in, fan_out, gain, std: gain**2 / max(fan_in, fan_out),
+        orthogonal=True,
+        assumed="orthogonal weights, not i.i.d. Gaussian: the same maps at their sigma_w^2 (at large width)",
+    ),
+    "torch_default": Scheme(  # U(+-1/sqrt(fan_in))
+        _keep, lambda fan_in, fan_out, gain, std: 1 / (3 * fan_in), assumed=TORCH_UNIFORM
+    ),
+    # Divides by the measured largest singular value: no formula for the scale.
+    "spectral": Scheme(
+        _spectral, None, assumed="spectrally normalized weights: the Gaussian maps at their measured sigma_w^2"
+    ),
+    # LSUV starts orthonormal; `lsuv_rescale` then fixes each layer's scale on a real batch.
+    "lsuv": Scheme(
+        lambda w, gain: nn.init.orthogonal_(w, gain=1.0),
+        None,
+        frozenset({"tol", "max_iter", "batch_size"}),
+        orthogonal=True,
+        assumed="LSUV's orthogonal weights, not i.i.d. Gaussian: the same maps at their measured sigma_w^2",
+    ),
 }
 
 
@@ -115,7 +160,8 @@ def initialize(
     """
     if name not in SCHEMES:
         raise ValueError(f"unknown init {name!r}; choose one of: {', '.join(SCHEMES)}")
-    unknown = set(options) - SCHEME_OPTIONS.get(name, set())
+    scheme = SCHEMES[name]
+    unknown = set(options) - scheme.options
     if unknown:
         raise ValueError(f"init {name!r} takes no option(s) {', '.join(sorted(unknown))}")
     if name == "gaussian":
@@ -123,7 +169,7 @@ def initialize(
     gain = activation_gain(model.activation) if gain is None else float(gain)
     weight_options = {k: v for k, v in options.items() if k == "std"}
     for linear in model.linears:
-        SCHEMES[name](linear.weight.data, gain, **weight_options)
+        scheme.fill(linear.weight.data, gain, **weight_options)
         if linear.bias is not None and bias_std is not None:
             nn.init.normal_(linear.bias, 0.0, bias_std) if bias_std > 0 else nn.init.zeros_(linear.bias)
     used: dict[str, Any] = {"gain": gain, "bias_std": bias_std}

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepinit.init_schemes import SCHEMES
+
 # Gauss-Hermite (probabilists') nodes and weights: E f(z), z ~ N(0,1) = sum w_i f(x_i) / sqrt(2 pi). An even
 # count keeps a node off z = 0, where selu's and relu's derivatives jump (an odd count put its largest weight
 # on the jump and overstated E selu'(z)^2 by 11%).
@@ -124,21 +126,11 @@ def scheme_sigma_w2(
     None for schemes whose scale is not set by a formula: `spectral` (divides by the measured largest
     singular value) and `lsuv` (rescales on a real batch); use `measured_sigma_w2` on their weights.
     """
-    var = {
-        "normal": (std if std is not None else 1.0) ** 2,
-        "small": (std if std is not None else 0.01) ** 2,
-        "lecun": gain**2 / fan_in,
-        "xavier": 2 * gain**2 / (fan_in + fan_out),
-        "xavier_uniform": 2 * gain**2 / (fan_in + fan_out),
-        "kaiming": gain**2 / fan_in,
-        "gaussian": gain**2 / fan_in,  # gain = sqrt(sigma_w2)
-        "kaiming_uniform": gain**2 / fan_in,
-        "kaiming_fan_out": gain**2 / fan_out,
-        # Orthonormal rows (fan_out <= fan_in) or columns: every entry has variance 1 / max(fan_in, fan_out).
-        "orthogonal": gain**2 / max(fan_in, fan_out),
-        "torch_default": 1 / (3 * fan_in),  # U(+-1/sqrt(fan_in))
-    }.get(name)
-    return None if var is None else (fan_in * var, fan_out * var)
+    variance = SCHEMES[name].variance
+    if variance is None:
+        return None
+    var = variance(fan_in, fan_out, gain, std)
+    return fan_in * var, fan_out * var
 
 
 def measured_sigma_w2(weight: torch.Tensor) -> tuple[float, float]:
@@ -238,7 +230,7 @@ def predict_model(
         sigma_b2 = [1 / (3 * fan_in) for fan_in, _ in shapes]
     else:
         sigma_b2 = bias_std**2
-    orthogonal = scheme in ("orthogonal", "lsuv")
+    orthogonal = SCHEMES[scheme].orthogonal
     return predict(model.activation, sigma_w2, shapes, input_sqr, sigma_b2, orthogonal), note
 
 
@@ -400,17 +392,6 @@ def correlation_profile(
     return out
 
 
-# What the depth scales take for granted, said where a run's weights are otherwise.
-NOT_GAUSSIAN = {
-    "orthogonal": "orthogonal weights, not i.i.d. Gaussian: the same maps at their sigma_w^2 (at large width)",
-    "lsuv": "LSUV's orthogonal weights, not i.i.d. Gaussian: the same maps at their measured sigma_w^2",
-    "spectral": "spectrally normalized weights: the Gaussian maps at their measured sigma_w^2",
-    "xavier_uniform": "i.i.d. uniform weights: at large width only their variance enters",
-    "kaiming_uniform": "i.i.d. uniform weights: at large width only their variance enters",
-    "torch_default": "i.i.d. uniform weights (nn.Linear's): at large width only their variance enters",
-}
-
-
 def trainability(
     model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0
 ) -> dict[str, Any]:
@@ -420,7 +401,7 @@ def trainability(
     linears = model.linears
     hidden = [lin for lin in linears[1:-1] if lin.in_features == lin.out_features] or [linears[0]]
     fan_in, fan_out = hidden[0].in_features, hidden[0].out_features
-    assumed = [NOT_GAUSSIAN[scheme]] if scheme in NOT_GAUSSIAN else []
+    assumed = [SCHEMES[scheme].assumed] if SCHEMES[scheme].assumed else []
     formula = scheme_sigma_w2(scheme, fan_in, fan_out, gain, std)
     if formula is None:
         sigma_w2 = float(np.mean([measured_sigma_w2(lin.weight)[0] for lin in hidden]))
