@@ -41,6 +41,7 @@ from tqdm import tqdm
 from deepinit.data import TensorBatches
 from deepinit.fast_step import WARMUP_STEPS, capture, fused_optimizer, on_side_stream
 from deepinit.model import ACTIVATIONS, MLP
+from deepinit.sweep import result_settings
 from deepinit.train import (
     RunLogger,
     _essentials,
@@ -62,17 +63,14 @@ from deepinit.train import (
 
 log = logging.getLogger(__name__)
 
-# What may differ between members of one group: everything else must be equal (same shapes, same loop).
-PER_MEMBER = {"init", "seed", "stats", "runs_dir", "sweep_name", "force", "threads"}
+# What may differ between members of one group besides sweep.RESULT_NEUTRAL: everything else must be equal (same
+# shapes, same loop); data.shuffle_seed is ${seed}, each member shuffling its own way.
+PER_MEMBER = ("init", "seed", "stats", "data.shuffle_seed")
 
 
 def group_key(cfg: DictConfig) -> str:
     """Runs with equal keys can be trained as one stacked model."""
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    for key in PER_MEMBER:
-        settings.pop(key, None)
-    settings["data"].pop("shuffle_seed", None)  # ${seed}: each member shuffles its own way
-    return json.dumps(settings, sort_keys=True)
+    return json.dumps(result_settings(OmegaConf.to_container(cfg, resolve=True), also=PER_MEMBER), sort_keys=True)
 
 
 def memory_estimate(cfg: DictConfig) -> int:

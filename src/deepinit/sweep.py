@@ -20,25 +20,27 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-# Where a sweep writes or what it reads from does not change its results, so it does not change its name.
-NOT_IN_NAME = {"runs_dir", "data.root", "force", "sweep_name", "threads", "resume"}
+# The settings that do not change a run's results (where it writes, what it reads from, how many threads): a
+# sweep's name leaves them out, a rerun compares its settings without them, a batched group lets them differ.
+RESULT_NEUTRAL = {"runs_dir", "data.root", "force", "sweep_name", "threads", "resume"}
 FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
 MAX_NAME = 100
 
 
 def sweep_name(overrides: Sequence[str]) -> str:
     """`sweep_<overrides>` for a multirun's command-line overrides: readable, stable, one path component."""
-    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in NOT_IN_NAME]
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in RESULT_NEUTRAL]
     name = re.sub(r"[^\w=,.+-]", "-", "_".join(kept)) or "defaults"
     if len(name) > MAX_NAME:  # keep it readable and unique: a prefix and a hash of the whole
         name = f"{name[: MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return f"sweep_{name}"
 
 
-def _identity(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's results (a job's full config, JSON-normalized, minus NOT_IN_NAME)."""
+def result_settings(settings: dict[str, Any], also: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings that decide a run's results: a job's full config, JSON-normalized, without RESULT_NEUTRAL
+    (and the dotted keys `also` names)."""
     settings = json.loads(json.dumps(settings))
-    for key in NOT_IN_NAME:
+    for key in (*RESULT_NEUTRAL, *also):
         *parents, leaf = key.split(".")
         node = settings
         for parent in parents:
@@ -60,7 +62,7 @@ def earlier_summary(job_dir: Path) -> dict[str, Any] | None:
 
 def same_settings(summary: dict[str, Any], cfg: DictConfig) -> bool:
     """Whether an earlier attempt ran with the settings that decide a run's results."""
-    return _identity(summary.get("settings") or {}) == _identity(OmegaConf.to_container(cfg, resolve=True))
+    return result_settings(summary.get("settings") or {}) == result_settings(OmegaConf.to_container(cfg, resolve=True))
 
 
 def resume_point(job_dir: Path, cfg: DictConfig) -> Path | None:
