@@ -34,7 +34,6 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         metrics = summary.get("metrics") or {}
         budget = (summary.get("settings") or {}).get("trainer", {}).get("max_steps")
         test_acc = metrics.get("test_acc") if job["status"] == "ok" else None
-        xi_c = float(t["xi_c"])  # summary.json writes inf as "inf"
         out.append(
             {
                 "sigma_w2": round(t["sigma_w2"], 6),
@@ -44,10 +43,10 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seed": (summary.get("config") or {}).get("seed"),
                 "train_acc": metrics.get("train_acc") if job["status"] == "ok" else None,
                 "test_acc": test_acc,
-                "xi_c": xi_c,
-                "depth_over_xi_c": t["depth"] / xi_c,
+                "xi_c": float(t["xi_c"]),  # summary.json writes inf as "inf"
+                "depth_over_xi_c": float(t["depth_over_xi_c"]),
                 "trainable": test_acc is not None and test_acc >= TRAINED,
-                "predicted": t["depth"] < theory.TRAINABLE_XI * xi_c,
+                "predicted": t["within"],  # depth < 6 xi_c, as the run's verdict said
                 "activation": t["activation"],
             }
         )

@@ -316,8 +316,8 @@ def depth_scales(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> dic
     if math.isnan(q_star):  # relu at 2, linear at 1, no bias: c -> 1 by a power law, not exponentially
         return {"q_star": inf, "chi_1": 1.0, "c_star": 1.0, "chi_c": 1.0, "xi_q": inf, "xi_c": inf,
                 "phase": "critical", "trainable_depth": inf}  # fmt: skip
-    q_eval = min(q_star, 1e8)  # an unbounded q: the slopes at its large-q limit
-    chi_1 = sigma_w2 * derivative_second_moment(activation, q_eval)
+    q_eval = min(q_star, Q_UNBOUNDED)
+    chi_1 = _chi_1(activation, sigma_w2, q_star)
     slope_q = sigma_w2 * (HOMOGENEOUS[activation] if activation in HOMOGENEOUS else _dV_dq(activation, q_eval))
     xi_q = _depth(slope_q)
     if math.isclose(chi_1, 1.0, rel_tol=1e-9, abs_tol=1e-9):
@@ -334,6 +334,14 @@ def depth_scales(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> dic
     xi_c = _depth(chi_c)
     return {"q_star": q_star, "chi_1": chi_1, "c_star": c_star, "chi_c": chi_c, "xi_q": xi_q, "xi_c": xi_c,
             "phase": phase, "trainable_depth": TRAINABLE_XI * xi_c}  # fmt: skip
+
+
+Q_UNBOUNDED = 1e8  # where q* is infinite, the slopes are taken at this q: their large-q limit
+
+
+def _chi_1(activation: str, sigma_w2: float, q_star: float) -> float:
+    """chi_1 = sigma_w^2 E phi'(sqrt(q*) z)^2, the stability of c = 1 and the gradients' per-layer factor."""
+    return sigma_w2 * derivative_second_moment(activation, min(q_star, Q_UNBOUNDED))
 
 
 def _depth(rate: float) -> float:
@@ -367,8 +375,7 @@ def edge_of_chaos(activation: str, sigma_b2: float = 0.0) -> float:
         return 1 / HOMOGENEOUS[activation]
 
     def chi_1(sigma_w2: float) -> float:
-        q = fixed_point_q(activation, sigma_w2, sigma_b2)
-        return sigma_w2 * derivative_second_moment(activation, min(q, 1e8)) - 1
+        return _chi_1(activation, sigma_w2, fixed_point_q(activation, sigma_w2, sigma_b2)) - 1
 
     lo, hi = 1e-3, 1.0
     while chi_1(hi) < 0:
@@ -442,9 +449,9 @@ def verdict(t: dict[str, Any]) -> str:
     if math.isinf(t["xi_c"]):
         reach = f"xi_c infinite: no depth limit from the theory; depth {t['depth']} is within it"
     else:
-        depth_limit = TRAINABLE_XI * t["xi_c"]
         reach = (
-            f"xi_c={t['xi_c']:.3g}, trains to about 6 xi_c = {depth_limit:.0f} layers; depth {t['depth']} is {where}"
+            f"xi_c={t['xi_c']:.3g}, trains to about 6 xi_c = {t['trainable_depth']:.0f} layers; depth {t['depth']}"
+            f" is {where}"
         )
     line = f"{head}: {t['phase']} (chi_1={t['chi_1']:.4g}), {reach}"
     return line + "".join(f"; assumed: {note}" for note in t["assumed"])
