@@ -16,17 +16,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from deepinit.lifecycle import ConfigError, NoRoomError, RunInterrupted, describe_end
 from deepinit.provision import DataError
 from deepinit.sweep import claim, resume_point, skip_or_clear, sweep_name
-from deepinit.train import (
-    ConfigError,
-    NoRoomError,
-    RunInterrupted,
-    check_group_choices,
-    check_runs_dir,
-    describe_end,
-    run,
-)
+from deepinit.train import check_group_choices, check_runs_dir, run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("deepinit")

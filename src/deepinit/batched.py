@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,26 +39,10 @@ from tqdm import tqdm
 
 from deepinit.data import TensorBatches
 from deepinit.fast_step import WARMUP_STEPS, capture, fused_optimizer, on_side_stream
+from deepinit.lifecycle import RunRecord, essentials, write_whole
 from deepinit.model import ACTIVATIONS, MLP
 from deepinit.sweep import result_settings
-from deepinit.train import (
-    RunLogger,
-    _essentials,
-    apply_process_settings,
-    build,
-    final_metrics,
-    hparams_metrics,
-    hparams_row,
-    job_scope,
-    layer_stats,
-    predict_trainability,
-    record_config,
-    record_divergence,
-    start_summary,
-    validate,
-    write_summary,
-    write_whole,
-)
+from deepinit.train import apply_process_settings, build, job_scope, layer_stats, predict_trainability, validate
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +130,11 @@ class Member:
 
     def __init__(self, index: int, cfg: DictConfig, run_dir: Path, model: MLP, init_used: dict[str, Any]) -> None:
         self.index, self.cfg, self.run_dir, self.model, self.init_used = index, cfg, Path(run_dir), model, init_used
-        self.start = time.time()
-        self.logger = RunLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+        self.record = RunRecord(run_dir)
+        self.record.configure(cfg)
+        self.logger = self.record.open_logger()
         self.stats = layer_stats(cfg, init_used)
-        self.theory = predict_trainability(cfg, model, init_used)
+        self.record.summary["theory"] = predict_trainability(cfg, model, init_used)
         self.trainer = SimpleNamespace(  # what LayerStats reads of a Trainer
             is_global_zero=True, logger=self.logger, log_dir=str(run_dir), default_root_dir=str(run_dir), global_step=0
         )
@@ -290,7 +274,7 @@ def _train_group(
         if member.stats is not None:
             member.stats.on_fit_start(member.trainer, member.module)
     step, epochs = 0, 0
-    shared = " ".join(f"{k}={v}" for k, v in _essentials(cfg0).items() if k not in ("init", "seed"))
+    shared = " ".join(f"{k}={v}" for k, v in essentials(cfg0).items() if k not in ("init", "seed"))
     log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
     live = members
     max_epochs = trainer_cfg.max_epochs  # as Lightning reads it: -1 is no limit; null is 1000 unless max_steps
@@ -330,18 +314,22 @@ def _train_group(
                 break
             _evaluate(stack, live, datamodule, "val", trainer_cfg.limit_val_batches, step - 1, epoch)
         _evaluate(stack, live, datamodule, "test", trainer_cfg.limit_test_batches, step, epochs)
-    except BaseException:
-        for member in members:
-            member.logger.close("failed")
-        raise
-    finally:
         progress.close()
         for member in members:
             if member.stats is not None:
                 member.trainer.global_step = step
                 member.stats._finish(member.trainer)
-    kind = "batched, CUDA graph" if group_step.captured else "batched"
-    return [_finish(m, step, epochs, device, trainer_cfg, kind) for m in members]
+        kind = "batched, CUDA graph" if group_step.captured else "batched"
+        return [_finish(m, step, epochs, device, trainer_cfg, kind) for m in members]
+    except BaseException as e:
+        progress.close()
+        instead = None
+        for member in members:  # each member's summary says how the group ended, those not written yet
+            if not member.record.closed:
+                instead = member.record.close(e) or instead
+        if instead is not None:
+            raise instead  # its cause is the error itself
+        raise
 
 
 def _train_step(group_step: GroupStep, members: list[Member], x: Tensor, y: Tensor, step: int, epoch: int) -> None:
@@ -416,32 +404,33 @@ def _finish(
     member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig, kind: str
 ) -> dict[str, Any]:
     """The member's summary.json (the fields a lone run writes), its HParams row and its checkpoint."""
-    summary = start_summary(member.run_dir, member.start)
-    summary["status"] = "ok"
-    record_config(summary, member.cfg)
-    summary["theory"] = member.theory
+    record = member.record
+    with record:
+        return _conclude(member, step, epochs, device, trainer_cfg, kind)
+
+
+def _conclude(
+    member: Member, step: int, epochs: int, device: torch.device, trainer_cfg: DictConfig, kind: str
+) -> dict[str, Any]:
+    record = member.record
     steps = step
     if member.divergence is not None:
         steps = member.divergence["step"] + 1
-        record_divergence(summary, member.divergence, member.cfg.depth)
-        log.warning(f"{member.run_dir.name}: diverged: {summary['reason']}")
-    summary["metrics"] = final_metrics(member.metrics, member.val_acc_history)
-    summary.update(init=member.init_used, steps=steps, epochs=epochs)
-    summary.update(device=str(device), training_step=kind)
-    summary["hparams_metrics"] = hparams_metrics(summary, member.stats)
-    member.logger.log_hyperparams(hparams_row(summary), summary["hparams_metrics"], step=steps)
+        record.diverged(member.divergence, member.cfg.depth)
+    history = member.stats.history if member.stats is not None else {}
+    record.conclude(
+        member.metrics, member.val_acc_history, history,
+        init=member.init_used, steps=steps, epochs=epochs, device=str(device), training_step=kind,
+    )  # fmt: skip
     member.logger.save()  # hparams.yaml, as Lightning's loop saves it
-    member.logger.close(summary["status"])
     if trainer_cfg.get("enable_checkpointing", True):
         folder = member.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         # the keys Lightning's checkpoint gives the same weights: state_dict["model.linears.0.weight"], ...
         state = {f"model.{k}": v.detach().cpu().clone() for k, v in member.model.state_dict().items()}
-        last_epoch = max(summary["epochs"] - 1, 0)
+        last_epoch = max(epochs - 1, 0)
         checkpoint = {"epoch": last_epoch, "global_step": steps, "state_dict": state}
         buffer = io.BytesIO()  # through memory, so that a full disk is an OSError that says so
         torch.save(checkpoint | {"pytorch-lightning_version": L.__version__}, buffer)
         write_whole(folder / f"epoch={last_epoch}-step={steps}.ckpt", buffer.getbuffer())
-    summary["wall_time_s"] = round(time.time() - member.start, 2)
-    write_summary(member.run_dir, summary)
-    return summary
+    return record.summary

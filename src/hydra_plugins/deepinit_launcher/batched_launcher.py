@@ -78,8 +78,9 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group
+        from deepinit.lifecycle import describe_end, no_room
         from deepinit.sweep import claim, skip_or_clear
-        from deepinit.train import describe_end, no_room, run
+        from deepinit.train import run
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -169,7 +170,7 @@ class BatchedLauncher(Launcher):
 def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
     """The job's summary after its failure: its own summary.json where it wrote one (a lone run's failure, or a
     group member that had finished when a later member failed), else a new one saying failed."""
-    from deepinit.train import write_summary
+    from deepinit.lifecycle import write_summary
 
     path = Path(run_dir) / "summary.json"
     if path.exists():
