@@ -108,7 +108,6 @@ def graphs_on_cpu(monkeypatch):
     afresh as a captured backward writes them. Only torch's capture itself is left to the CUDA tests."""
     import deepinit.batched as batched
     import deepinit.fast_step as fast_step
-    import deepinit.module as module
 
     params: list = []
 
@@ -128,17 +127,14 @@ def graphs_on_cpu(monkeypatch):
         graph = Rerun(fn)
         return graph, graph.out
 
-    def wanting_a_graph(cls):
-        class OnCpu(cls):
-            def __init__(self, *args, **kwargs) -> None:
-                super().__init__(*args, **kwargs)
-                self.graph_wanted = True
-                params[:] = [p for group in self.optimizer.param_groups for p in group["params"]]
+    class WantingAGraph(fast_step.Graphed):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.wanted = True
+            if self.grads_of is not None:
+                params[:] = [p for group in self.grads_of.param_groups for p in group["params"]]
 
-        return OnCpu
-
+    monkeypatch.setattr(fast_step, "capture", rerun_capture)
+    monkeypatch.setattr(fast_step, "on_side_stream", lambda fn, device: fn())
     for mod in (fast_step, batched):
-        monkeypatch.setattr(mod, "capture", rerun_capture)
-        monkeypatch.setattr(mod, "on_side_stream", lambda fn, device: fn())
-    monkeypatch.setattr(module, "FastStep", wanting_a_graph(fast_step.FastStep))
-    monkeypatch.setattr(batched, "GroupStep", wanting_a_graph(batched.GroupStep))
+        monkeypatch.setattr(mod, "Graphed", WantingAGraph)

@@ -107,14 +107,16 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mnist_root)
     "override, reason",
     [
         (None, None),
+        ("+trainer.val_check_interval=0.5", None),  # the group's Trainer follows it as a lone one does
         ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val"),
-        ("+trainer.val_check_interval=0.5", "trainer.val_check_interval"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
+        ("+trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
         ("trainer.devices=2", "more than one device"),
         ("optim._target_=torch.optim.LBFGS", "optimizer torch.optim.LBFGS"),
     ],
 )
 def test_jobs_the_batched_loop_cannot_follow_run_alone(override, reason):
-    from hydra_plugins.deepinit_launcher.batched_launcher import why_alone
+    from deepinit.batched import why_alone
 
     why = why_alone(compose_cfg(*([override] if override else [])))
     assert why == reason if reason is None else why.startswith(reason)

@@ -12,8 +12,8 @@ in one launch. Three things make that possible and keep the results those of the
   reads the flags every `check_every` steps and then stops the run with the same divergence record.
 - Static shapes and buffers: batches are copied into fixed input tensors; a batch of another size (the
   epoch's last) runs the same step eagerly.
-- Anything that observes the forward (LayerStats' hooks on its logging steps) makes that step run eagerly,
-  so hooks see real tensors; the graph and the eager step share parameters, gradients and optimizer state.
+- A step somebody observes (LayerStats records it: the module is told so) runs eagerly, so hooks see real
+  tensors; the graph and the eager step share parameters, gradients and optimizer state (`Graphed`).
 """
 
 from __future__ import annotations
@@ -73,6 +73,69 @@ def fused_optimizer(
     return None
 
 
+class Graphed:
+    """A piece of a training step, `fn` over fixed-shape inputs, replayed from a CUDA graph where it can be and
+    run eagerly where it must: the one state machine the lone fast step (FastStep) and the batched group's two
+    half-steps (deepinit.batched.GroupStep) share.
+
+    - wanted (CUDA, fast=true): WARMUP_STEPS eager calls on a side stream (lazy init of cuBLAS, autograd,
+      optimizer state), then one capture on static copies of the inputs, then replays;
+    - a call the caller says is observed (a recorder reads this step's tensors), or whose inputs have another
+      shape (the epoch's last batch), runs eagerly on the same parameters, gradients and optimizer state;
+    - a capture that fails costs one log line and speed (eager from then on), never the run.
+    grads_of: the optimizer whose gradients `fn` writes (it runs backward): zeroed before each eager call, and
+    kept allocated once captured, because the graph's backward writes into those very tensors.
+    """
+
+    def __init__(
+        self, what: str, device: torch.device, wanted: bool, grads_of: torch.optim.Optimizer | None = None
+    ) -> None:
+        self.what, self.device, self.grads_of = what, device, grads_of
+        self.wanted = wanted and device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Any = None  # the captured call's outputs, rewritten by every replay
+        self.static: tuple[Tensor, ...] | None = None
+        self.eager_calls = 0
+
+    def __call__(
+        self,
+        inputs: tuple[Tensor, ...],
+        observed: bool,
+        captured_fn: Callable[..., T],
+        eager_fn: Callable[..., T] | None = None,
+    ) -> tuple[T, bool]:
+        """(outputs, whether replayed). The graph holds captured_fn(*static inputs); eager calls run
+        eager_fn(*inputs) (default: captured_fn), which may go through Lightning where the graph cannot."""
+        if self.static is None:
+            self.static = tuple(torch.empty_like(t) for t in inputs)
+        replayable = (
+            self.wanted and not observed and all(a.shape == b.shape for a, b in zip(inputs, self.static, strict=True))
+        )
+        if replayable and self.graph is None and self.eager_calls >= WARMUP_STEPS:
+            if self.grads_of is not None:
+                self.grads_of.zero_grad(set_to_none=True)  # the graph's backward allocates (and rewrites) them
+            static = self.static
+            captured = capture(lambda: captured_fn(*static), self.what)
+            if captured is None:
+                self.wanted = False  # this call then runs eagerly from fresh gradients, as before the capture
+            else:
+                self.graph, self.out = captured
+        if replayable and self.graph is not None:
+            for buffer, t in zip(self.static, inputs, strict=True):
+                buffer.copy_(t)
+            self.graph.replay()
+            return self.out, True
+        if self.grads_of is not None:
+            self.grads_of.zero_grad(set_to_none=self.graph is None)
+        fn = eager_fn or captured_fn
+        if self.wanted and self.graph is None:
+            out = on_side_stream(lambda: fn(*inputs), self.device)
+        else:
+            out = fn(*inputs)
+        self.eager_calls += 1
+        return out, False
+
+
 class FastStep:
     """One training step of `model` on (x, y) with cross-entropy, with no host sync; see the module docstring.
 
@@ -82,9 +145,7 @@ class FastStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, graph: bool) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
-        self.graph_wanted = graph and device.type == "cuda"
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.eager_steps = 0
+        self.graphed = Graphed("fast step", device, graph, grads_of=optimizer)
         zero = {"device": device}
         self.counter = torch.zeros((), dtype=torch.long, **zero)  # the step being run, counted on the device
         self.diverged_at = torch.full((), -1, dtype=torch.long, **zero)
@@ -96,8 +157,11 @@ class FastStep:
         self.loss = torch.zeros((), **zero)
         self.acc = torch.zeros((), **zero)
         self.diverged_x: Tensor | None = None  # sized by the first batch: the largest one
-        self.static: tuple[Tensor, Tensor] | None = None
         optimizer.found_inf = self.skip
+
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        return self.graphed.graph
 
     def start_at(self, step: int) -> None:
         self.counter.fill_(step)
@@ -126,35 +190,13 @@ class FastStep:
         Returns whether it was replayed (then `step` was not called: the graph holds the optimizer's update)."""
         if self.diverged_x is None:
             self.diverged_x = torch.zeros_like(x.flatten(1))
-        if self.static is None:
-            self.static = (torch.empty_like(x), torch.empty_like(y))
-        replayable = self.graph_wanted and not observed and x.shape == self.static[0].shape
-        if replayable and self.graph is None and self.eager_steps >= WARMUP_STEPS:
-            self._capture()
-        if replayable and self.graph is not None:
-            self.static[0].copy_(x)
-            self.static[1].copy_(y)
-            self.graph.replay()
-            return True
-        # Eager. Gradients stay allocated once a graph holds them: its backward writes into those tensors.
-        self.optimizer.zero_grad(set_to_none=self.graph is None)
-        if self.graph_wanted and self.graph is None:
-            on_side_stream(lambda: self._body(x, y, backward, step), self.device)
-        else:
-            self._body(x, y, backward, step)
-        self.eager_steps += 1
-        return False
-
-    def _capture(self) -> None:
-        """Capture the step once on the static inputs (nothing runs during capture; every replay, this step's
-        first, fills them first); on failure, stay eager for the rest of the run."""
-        self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and later overwrites) them
-        x, y = self.static
-        captured = capture(lambda: self._body(x, y, lambda loss: loss.backward(), self.optimizer.step), "fast step")
-        if captured is None:
-            self.graph_wanted = False  # the caller's eager step then starts from fresh gradients, as before capture
-            return
-        self.graph = captured[0]
+        _, replayed = self.graphed(
+            (x, y),
+            observed,
+            captured_fn=lambda x, y: self._body(x, y, lambda loss: loss.backward(), self.optimizer.step),
+            eager_fn=lambda x, y: self._body(x, y, backward, step),
+        )
+        return replayed
 
     def read(self) -> dict[str, Any]:
         """The host's one look at the device state (a sync): last loss and accuracy, and divergence if any."""

@@ -1,308 +1,63 @@
-"""LayerStats: a Lightning callback that records every layer's activations, gradients and weights.
+"""LayerStats: the Lightning callback that feeds a run's LayerRecorder (deepinit.recorder) from its Trainer.
 
-On a logging step (step 0, before any update, then every `every_n_steps`) it hooks each Linear and
-activation for that one batch, snapshots the weights before the optimizer step, and afterwards computes
-all statistics on the device, crossing to the host once. On other steps no hook is even registered.
-It writes TensorBoard scalars (`<group>/<quantity>/layer_07`) with a custom-scalars layout (one chart per
-quantity, a line per layer), histograms, depth-profile and heat-map figures, and a tidy
-`layer_stats.csv` (step, layer, group, quantity, value). It observes only: training is unchanged.
+The recorder holds the logic and knows no Trainer; this adapter only says when: it hooks the model at the start
+of a recorded step, hands over the weights before the optimizer's step, ends the step after the batch, and closes
+the record when fit ends (or fails). Under DDP one process records (the weights are the same on all). Its state
+(what was recorded so far) goes into the run's checkpoints, so a resumed run's figures span the whole run.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
-from tensorboard.compat.proto.summary_pb2 import Summary
-from torch import Tensor
-from torch.utils.tensorboard.summary import histogram_raw
 
-from deepinit import stats, theory
-from deepinit.figures import depth_profile_figure, heatmap_figure
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
+from deepinit.recorder import LayerRecorder
 
 
 class LayerStats(L.Callback):
-    def __init__(
-        self,
-        every_n_steps: int = 50,
-        histogram_every_n_steps: int = 500,
-        groups: Sequence[str] = tuple(stats.GROUPS),
-        figures: bool = True,
-        profile_points: int = 5,
-        csv_file: str | None = "layer_stats.csv",
-        theory: dict[str, Any] | None = None,
-        isometry_max_depth: int = 100,
-    ) -> None:
-        """theory: the init scheme as `theory.predict_model` takes it (scheme, gain, std, bias_std); when given,
-        step 0 also logs the predicted profile, its finite-width band and ln(measured / predicted), and, up to
-        isometry_max_depth layers, the input-output Jacobian's spectrum (dynamical isometry) beside its theory."""
-        unknown = set(groups) - set(stats.GROUPS)
-        if unknown:
-            raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"stats.every_n_steps must be an integer >= 1 (got {every_n_steps})")
-        if not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(
-                f"stats.histogram_every_n_steps must be an integer >= 0, 0 for none (got {histogram_every_n_steps})"
-            )
-        self.every_n_steps = every_n_steps
-        self.histogram_every_n_steps = histogram_every_n_steps
-        self.groups = set(groups)
-        self.figures, self.profile_points, self.csv_file = figures, profile_points, csv_file
-        self.theory, self.isometry_max_depth = theory, isometry_max_depth
-        self.prediction: dict[str, np.ndarray] = {}  # theory curves at step 0, for the figures
-        # (group, quantity) -> [(step, values per layer)], kept for the figures
-        self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
-        self._step: int | None = None
+    def __init__(self, recorder: LayerRecorder | None = None, **settings: Any) -> None:
+        """recorder, or the settings to make one with (LayerRecorder's)."""
+        self.recorder = recorder if recorder is not None else LayerRecorder(**settings)
+        self.active = False
 
-    # --- checkpoint: a resumed run's figures and theory span the whole run, and step 0 is not predicted again ----
+    @property
+    def history(self) -> dict[tuple[str, str], list]:
+        return self.recorder.history
+
+    def observes(self, step: int) -> bool:
+        """Whether this step's tensors are read through forward hooks (deepinit.module runs such a step eagerly)."""
+        return self.active and self.recorder.observes(step)
+
     def state_dict(self) -> dict[str, Any]:
-        # tensors, not numpy arrays: Lightning loads checkpoints with torch.load(weights_only=True)
-        history = {key: [(step, torch.from_numpy(v)) for step, v in rows] for key, rows in self.history.items()}
-        return {"history": history, "prediction": {k: torch.from_numpy(v) for k, v in self.prediction.items()}}
+        return self.recorder.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = defaultdict(list)
-        for key, rows in state_dict["history"].items():
-            self.history[tuple(key)] = [(int(step), v.numpy()) for step, v in rows]
-        self.prediction = {k: v.numpy() for k, v in state_dict["prediction"].items()}
+        self.recorder.load_state_dict(state_dict)
 
-    # --- set-up -------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.active = trainer.is_global_zero  # under DDP one process observes (the weights are the same on all)
-        self.model = pl_module.model
-        self.pad = max(2, len(str(self.model.depth)))
-        self.writer = getattr(trainer.logger, "experiment", None)
-        self.out_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        self._layout_written = False
-        self._csv = None
-        if self.csv_file and self.active:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = self.out_dir / self.csv_file
-            is_new = not path.exists()
-            self._csv = open(path, "a", newline="")  # noqa: SIM115  (kept open across steps, closed at fit end)
-            self._csv_writer = csv.writer(self._csv)
-            if is_new:
-                self._csv_writer.writerow(["step", "layer", "group", "quantity", "value"])
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)  # under DDP a broadcast: every process asks
+        self.active = trainer.is_global_zero
+        if self.active:
+            self.recorder.open(pl_module.model, getattr(trainer.logger, "experiment", None), out_dir)
 
-    # --- capture, only on logging steps ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
-        if not self.active or trainer.global_step % self.every_n_steps:
-            return
-        self._begin(trainer.global_step)
-        self._handles = [lin.register_forward_hook(self._linear_hook(i)) for i, lin in enumerate(self.model.linears)]
-        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(self.model.activations)]
+        if self.observes(trainer.global_step):
+            self.recorder.hook(trainer.global_step)
 
-    def _begin(self, step: int) -> None:
-        self._step = step
-        depth = self.model.depth
-        self._pre: list[Tensor | None] = [None] * depth
-        self._post: list[Tensor | None] = [None] * (depth - 1)
-        self._grads: list[Tensor | None] = [None] * depth
-        self._pending: dict[str, dict[str, Tensor]] = {}
-        self._before: list[Tensor] | None = None
-        self._handles = []
-
-    def observe(
-        self, step: int, x: Tensor, pre: list[Tensor], post: list[Tensor], grads: list[Tensor] | None = None
-    ) -> None:
-        """For a caller that ran the forward and backward itself (batched training: one pass for every member,
-        sliced): this step's input, each layer's pre-activation and activation, and the gradients of the
-        pre-activations; then on_before_optimizer_step and on_train_batch_end as usual."""
-        self._begin(step)
-        self._input, self._pre, self._post = x.detach(), [t.detach() for t in pre], [t.detach() for t in post]
-        if grads is not None and "gradients" in self.groups:
-            self._grads = [g.detach() for g in grads]
-
-    def _linear_hook(self, i: int):
-        def hook(module, inputs, out: Tensor) -> None:
-            if i == 0:
-                self._input = inputs[0].detach()
-            self._pre[i] = out.detach()
-            if out.requires_grad and "gradients" in self.groups:
-                out.register_hook(lambda g: self._grads.__setitem__(i, g.detach()))
-
-        return hook
-
-    def _act_hook(self, i: int):
-        def hook(module, inputs, out: Tensor) -> None:
-            self._post[i] = out.detach()
-
-        return hook
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        if self._step is None:
-            return
-        weights = [lin.weight for lin in self.model.linears]
-        if "updates" in self.groups:
-            self._before = [w.detach().clone() for w in weights]
-        if "weight_grads" in self.groups and all(w.grad is not None for w in weights):
-            self._pending = stats.weight_stats([w.detach() for w in weights], [w.grad.detach() for w in weights])
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if self.active:
+            self.recorder.before_update()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        if self._step is None:
-            return
-        for handle in self._handles:
-            handle.remove()
-        step, self._step = self._step, None
-        weights = [lin.weight.detach() for lin in self.model.linears]
-        found: dict[str, dict[str, Tensor]] = {}
-        if all(t is not None for t in self._pre + self._post):
-            found |= stats.forward_stats(self._pre, self._post, self.model.activation)
-        if all(g is not None for g in self._grads):  # absent when the step was skipped (divergence)
-            found |= stats.gradient_stats(self._grads)
-        # Weights as they were when the batch was seen (before the update) where captured, else as they are.
-        found |= self._pending or stats.weight_stats(weights)
-        if self._before is not None:
-            before_std = self._pending["weights"]["std"] if self._pending else None
-            found |= stats.update_stats(self._before, weights, before_std)
-        found = {g: q for g, q in found.items() if g in self.groups}
-        if self.theory is not None and not self.prediction and "preactivations" in found:
-            found |= self._predict(found)
-        self._record(step, found)
-        if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
-            self._histograms(step)
-        self._pre = self._post = self._grads = self._before = self._input = None  # free the captured batch
-
-    def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
-        """Theory at the first logging step (the initialization), next to what was just measured."""
-        input_sqr = self._input.flatten(1).double().square().mean().item()
-        pred, self.theory_note = theory.predict_model(self.model, input_sqr=input_sqr, **self.theory)
-        q, m = np.array(pred.q), np.array(pred.m)
-        measured_q = found["preactivations"]["sqr"].double().cpu().numpy()
-        curves = {
-            "preactivations_sqr": q,
-            "activations_sqr": m,
-            "log_sd_preactivations": np.array(pred.q_log_sd),
-            "log_sd_activations": np.array(pred.m_log_sd),
-            "log_ratio_preactivations_sqr": np.log(measured_q / q),
-        }
-        if "corr" in found["preactivations"]:
-            curves["preactivations_corr"] = self._predict_corr(pred)
-        if "gradients" in found:  # anchored at the measured gradient of the logits
-            last = found["gradients"]["sqr"][-1].item()
-            curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
-        self.prediction = curves
-        out = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
-        depth = self.model.depth
-        if 4 <= depth <= self.isometry_max_depth:
-            # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
-            # probes each: the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
-            hidden = range(1, depth - 1)
-            pairs = [(self.model.linears[i], self.model.activations[i]) for i in hidden]
-            m1, s2 = stats.jacobian_spectrum(pairs, self._post[0][:16]).tolist()
-            expected = theory.isometry(self.model.activation, pred, hidden)
-            values = [m1, s2, expected["m1"], expected["s2"]]
-            names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
-            out["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}
-        return out
-
-    def _predict_corr(self, pred: theory.Prediction) -> np.ndarray:
-        """c_l of the correlation map, iterated from the inputs' measured correlation: layer 1's expectation pair
-        by pair (q_ab = sigma_w^2 x_a.x_b / fan_in + sigma_b^2), then each layer through the map at the predicted
-        q_l (the mean over inputs)."""
-        x = self._input.flatten(1).double()
-        first = self.model.linears[0]
-        sigma_b2 = pred.sigma_b2
-        gram = pred.sigma_w2[0] * (x @ x.T) / first.in_features + sigma_b2[0]
-        scale = gram.diagonal().sqrt()
-        c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
-        return np.array(theory.correlation_profile(self.model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
-
-    # --- output ----------------------------------------------------------------------------------------------
-    def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:
-        keys = [(g, q) for g, quantities in found.items() for q in quantities]
-        tensors = [found[g][q].double() for g, q in keys]
-        values = torch.cat(tensors).cpu().numpy() if tensors else np.array([])  # the one host transfer
-        offsets = np.cumsum([0] + [len(t) for t in tensors])
-        scalars = []
-        for (group, quantity), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
-            per_layer = values[a:b]
-            self.history[(group, quantity)].append((step, per_layer))
-            first = 0 if group in WHOLE_NETWORK else 1  # whole-network values are layer 0 in the CSV
-            for layer, value in enumerate(per_layer.tolist(), start=first):
-                # Non-finite (or beyond float32, which TensorBoard stores): in the CSV only, not the charts.
-                if math.isfinite(value) and abs(value) < FLOAT32_MAX:
-                    scalars.append(Summary.Value(tag=self._tag(group, quantity, layer), simple_value=value))
-                if self._csv is not None:
-                    self._csv_writer.writerow([step, layer, group, quantity, value])
-        if self._csv is not None:
-            self._csv.flush()
-        if self.writer is not None:
-            if not self._layout_written:
-                self.writer.add_custom_scalars(self.layout(keys))
-                self._layout_written = True
-            # One event holding every layer's values: a thousand separate add_scalar calls would each queue
-            # an event for TensorBoard's writer thread and make a logging step cost a tenth of a second.
-            self.writer.file_writer.add_summary(Summary(value=scalars), step)
-
-    def _tag(self, group: str, quantity: str, layer: int) -> str:
-        return f"{group}/{quantity}" if group in WHOLE_NETWORK else f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
-
-    def _histograms(self, step: int) -> None:
-        if self.writer is None:
-            return
-        outputs = [*self._post, self._pre[-1]]  # each layer's output; the last one is the logits
-        parts = {"activations": outputs}
-        if all(g is not None for g in self._grads):
-            parts["gradients"] = self._grads
-        rows = torch.cat([stats.histograms(t) for t in parts.values()]).cpu().numpy()  # one host transfer
-        values = []
-        for (group, layer), row in zip(
-            [(g, i) for g, ts in parts.items() for i in range(1, len(ts) + 1)], rows, strict=True
-        ):
-            lo, hi, num, total, squares, counts = row[0], row[1], row[2], row[3], row[4], row[5:]
-            if num == 0:
-                continue
-            limits = (lo + (hi - lo) * np.arange(1, len(counts) + 1) / len(counts)).tolist()
-            tag = f"hist_{group}/layer_{layer:0{self.pad}d}"
-            values += histogram_raw(tag, lo, hi, num, total, squares, limits, counts.tolist()).value
-        self.writer.file_writer.add_summary(Summary(value=values), step)
-
-    @staticmethod
-    def layout(keys: Sequence[tuple[str, str]]) -> dict[str, dict[str, list]]:
-        """TensorBoard custom-scalars layout: one chart per quantity, each with a line per layer."""
-        layout: dict[str, dict[str, list]] = defaultdict(dict)
-        for group, quantity in keys:
-            layers = "" if group in WHOLE_NETWORK else r"/layer_\d+"
-            layout[group][f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}{layers}$"]]
-        return dict(layout)
+        if self.active:
+            self.recorder.end_step()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(trainer)
+        if self.active:
+            self.recorder.close(trainer.global_step)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._finish(trainer)
-
-    def _finish(self, trainer: L.Trainer) -> None:
-        if self._csv is not None:
-            self._csv.close()
-            self._csv = None
-        if not (self.figures and self.history):
-            return
-        figures_dir = self.out_dir / "figures"
-        figures_dir.mkdir(exist_ok=True)
-        step = trainer.global_step
-        for name, fig in (
-            (
-                "depth_profile",
-                depth_profile_figure(self.history, self.model.activation, self.profile_points, self.prediction),
-            ),
-            ("heatmap", heatmap_figure(self.history)),
-        ):
-            if fig is None:
-                continue
-            fig.savefig(figures_dir / f"{name}.png", dpi=110)
-            if self.writer is not None:
-                self.writer.add_figure(f"figures/{name}", fig, step)  # closes the figure
-                self.writer.flush()
+        if self.active:
+            self.recorder.close(trainer.global_step)

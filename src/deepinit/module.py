@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 
 from deepinit.fast_step import FastStep, fused_optimizer
@@ -24,6 +25,30 @@ log = logging.getLogger(__name__)
 
 # The fast step's Adam is capturable for its CUDA graph, and also runs the (rare) eager steps: that is intended.
 warnings.filterwarnings("ignore", message=r"This instance was constructed with capturable=True")
+
+
+def observed(trainer: L.Trainer) -> bool:
+    """Whether a callback reads this step's tensors (LayerStats, through hooks, on the steps it records: its
+    `observes(step)` says which). Such a step runs eagerly; any other may be replayed from a CUDA graph."""
+    return any(cb.observes(trainer.global_step) for cb in trainer.callbacks if hasattr(cb, "observes"))
+
+
+def logs_now(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the values a training step logs now, after its update, are written: Lightning writes train/* to the
+    logger only every log_every_n_steps (counted after the update, as here); the epoch's and the run's last step
+    count too, whose values the summary reads. Logging in between would only refresh the progress bar, at ~0.8 ms
+    of Lightning's bookkeeping per self.log call."""
+    step = trainer.global_step
+    last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
+    return step % max(trainer.log_every_n_steps, 1) == 0 or last
+
+
+def count_replayed_update(optimizer: LightningOptimizer) -> None:
+    """Count a replayed CUDA graph's update as the optimizer step it is. Under manual optimization Lightning counts
+    global_step in these two hooks, which LightningOptimizer.step calls around the torch optimizer's step; a replay
+    runs that step's kernels without the call, and Lightning has no public way to count a step it did not run."""
+    optimizer._on_before_step()
+    optimizer._on_after_step()
 
 
 class Classifier(L.LightningModule):
@@ -40,7 +65,6 @@ class Classifier(L.LightningModule):
         self.fast_step: FastStep | None = None
         self.divergence: dict[str, Any] | None = None
         self.val_acc_history: list[float] = []
-        self._observed_modules = list(model.modules())
 
     def fast_blocker(self) -> str | None:
         """Why the fast step cannot run in this trainer, or None when it can."""
@@ -102,18 +126,12 @@ class Classifier(L.LightningModule):
         if self.fast_step is None:
             self.fast_step = FastStep(self.model, optimizer.optimizer, self.device, graph=self.device.type == "cuda")
             self.fast_step.start_at(self.global_step)
-        # a forward hook is somebody observing this step (LayerStats on its logging steps): run it eagerly
-        observed = any(m._forward_hooks for m in self._observed_modules)
-        replayed = self.fast_step(*batch, self.manual_backward, optimizer.step, observed=observed)
-        if replayed:  # count the graph's update as the optimizer step it is (Lightning's global_step)
-            optimizer._on_before_step()
-            optimizer._on_after_step()
+        replayed = self.fast_step(*batch, self.manual_backward, optimizer.step, observed=observed(self.trainer))
+        if replayed:
+            count_replayed_update(optimizer)
         step, trainer = self.global_step, self.trainer
         every = self.check_every or (trainer.log_every_n_steps if self.device.type == "cuda" else 1)
-        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= step
-        # Lightning writes train/* to the logger only every log_every_n_steps; logging in between would only
-        # refresh the progress bar, at ~0.8 ms of Lightning's bookkeeping per self.log call
-        log_now = step % max(trainer.log_every_n_steps, 1) == 0 or last
+        log_now = logs_now(trainer, batch_idx)
         if step % max(every, 1) and not log_now:
             return
         state = self.fast_step.read()

@@ -35,6 +35,7 @@ from deepinit.layer_stats import LayerStats
 from deepinit.lifecycle import ConfigError, RunRecord
 from deepinit.model import ACTIVATIONS, MLP
 from deepinit.module import Classifier
+from deepinit.recorder import LayerRecorder
 from deepinit.sweep import INTERRUPTED_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,21 @@ def build(
     return datamodule, Classifier(model, instantiate(cfg.optim), fast=cfg.fast), init_used
 
 
-def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None:
-    """The run's LayerStats callback as `stats=` configures it, with the init's theory; None for stats=off."""
+def layer_recorder(cfg: DictConfig, init_used: dict[str, Any]) -> LayerRecorder | None:
+    """The run's LayerRecorder as `stats=` configures it, with the init's theory; None for stats=off."""
     stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
     if not stats_cfg.pop("enabled"):
         return None
     try:
-        return LayerStats(**stats_cfg, theory=theory_inputs(cfg, init_used))
-    except (TypeError, ValueError) as e:  # LayerStats checks its own settings; here they are the stats.* keys
+        return LayerRecorder(**stats_cfg, theory=theory_inputs(cfg, init_used))
+    except (TypeError, ValueError) as e:  # the recorder checks its own settings; here they are the stats.* keys
         raise ConfigError(str(e)) from None
+
+
+def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None:
+    """The run's LayerStats callback (its recorder fed by the Trainer); None for stats=off."""
+    recorder = layer_recorder(cfg, init_used)
+    return None if recorder is None else LayerStats(recorder)
 
 
 def theory_inputs(cfg: DictConfig, init_used: dict[str, Any]) -> dict[str, Any]:

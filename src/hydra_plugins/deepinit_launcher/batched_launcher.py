@@ -5,8 +5,9 @@
 Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher; finished jobs of an earlier
 run are skipped (resume) as scripts/train.py skips them. The jobs left are grouped by `deepinit.batched.group_key`
 (same shapes and loop: they differ in init and seed), each group split into chunks that fit the memory budget,
-and each chunk trained as one stacked model. Jobs that cannot be batched (DDP, mixed precision, gradient
-clipping or accumulation, an optimizer that is not elementwise), and groups of one, run as usual, one by one.
+and each chunk trained as one stacked model. Jobs that cannot be batched (`deepinit.batched.why_alone`: DDP,
+mixed precision, gradient clipping or accumulation, an optimizer that is not elementwise), and groups of one,
+run as usual, one by one.
 """
 
 from __future__ import annotations
@@ -26,29 +27,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger("deepinit")
-
-# Optimizers whose update of a tensor is elementwise: one over stacked tensors is one per member.
-ELEMENTWISE = {
-    f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam")
-}
-
-
-# The Trainer settings the batched loop follows (conf/trainer/default.yaml's); any other one makes a job run alone.
-FOLLOWED = {"_target_", "max_epochs", "max_steps", "accelerator", "devices", "strategy", "log_every_n_steps",
-            "num_sanity_val_steps", "enable_model_summary", "enable_checkpointing", "limit_train_batches",
-            "limit_val_batches", "limit_test_batches"}  # fmt: skip
-
-
-def why_alone(cfg: DictConfig) -> str | None:
-    """Why this job cannot join a batched group, or None when it can."""
-    trainer = cfg.trainer
-    if other := sorted(set(trainer) - FOLLOWED):
-        return f"trainer.{other[0]} (the batched loop follows only {', '.join(sorted(FOLLOWED - {'_target_'}))})"
-    if trainer.get("devices", 1) not in (1, "1", "auto") or trainer.get("strategy", "auto") != "auto":
-        return "more than one device or a strategy"
-    if cfg.optim._target_ not in ELEMENTWISE:
-        return f"optimizer {cfg.optim._target_} (not known to update elementwise)"
-    return None
 
 
 class BatchedLauncher(Launcher):
@@ -77,8 +55,8 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
-        from deepinit.batched import group_key, memory_estimate, train_group
-        from deepinit.lifecycle import describe_end, no_room
+        from deepinit.batched import group_key, memory_estimate, train_group, why_alone
+        from deepinit.lifecycle import ConfigError, RunInterrupted, describe_end, no_room
         from deepinit.sweep import claim, skip_or_clear
         from deepinit.train import run
 
@@ -122,7 +100,10 @@ class BatchedLauncher(Launcher):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         alone: list[dict[str, Any]] = []
         for job in pending:
-            reason = why_alone(job["cfg"])
+            try:
+                reason = why_alone(job["cfg"])
+            except ConfigError as e:  # a Trainer setting Lightning rejects: the lone run says so in its one line
+                reason = str(e)
             if reason is not None:
                 log.info(f"job {job['num']} runs alone: {reason}")
                 alone.append(job)
@@ -142,6 +123,9 @@ class BatchedLauncher(Launcher):
             log.info(f"jobs {', '.join(str(j['num']) for j in chunk)}: one batched group of {len(chunk)}")
             try:
                 results = train_group([j["cfg"] for j in chunk], [j["run_dir"] for j in chunk])
+            except RunInterrupted as e:  # Ctrl-C: every member's summary says where; the sweep stops here
+                log.warning(f"deepinit: {e.summary['reason']}")
+                raise
             except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
                 error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: one line, no traceback
                 log.error(f"batched group failed: {type(error).__name__}: {error}", exc_info=error is e)
