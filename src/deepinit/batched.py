@@ -38,6 +38,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers.logger import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -477,7 +478,8 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
     member.logger.save()  # hparams.yaml, as Lightning's loop saves it
     if checkpointing:
         # Lightning checkpoints the module it trains, the stack; a member's file is its own model's weights under
-        # the keys a lone run's checkpoint gives them (state_dict["model.linears.0.weight"], ...)
+        # the keys a lone run's checkpoint gives them (state_dict["model.linears.0.weight"], ...), named as the lone
+        # run's ModelCheckpoint names its last epoch's
         folder = member.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         state = {f"model.{k}": v.detach().cpu().clone() for k, v in member.model.state_dict().items()}
@@ -485,4 +487,5 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
         checkpoint = {"epoch": last_epoch, "global_step": steps, "state_dict": state}
         buffer = io.BytesIO()  # through memory, so that a full disk is an OSError that says so
         torch.save(checkpoint | {"pytorch-lightning_version": L.__version__}, buffer)
-        write_whole(folder / f"epoch={last_epoch}-step={steps}.ckpt", buffer.getbuffer())
+        name = ModelCheckpoint(dirpath=folder).format_checkpoint_name({"epoch": last_epoch, "step": steps})
+        write_whole(Path(name), buffer.getbuffer())
