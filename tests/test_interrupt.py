@@ -114,3 +114,27 @@ def test_ctrl_c_stops_a_sweep_and_rerunning_it_resumes_the_interrupted_job(tmp_p
         assert steps_of(run, "train/loss") == list(range(9, 200, 10)), run
     resumed = json.loads((job / "summary.json").read_text())["resumed"]
     assert len(resumed) == 1 and resumed[0]["at_step"] >= 40
+
+
+def test_ctrl_c_stops_a_batched_group_and_every_member_says_where(tmp_path, mnist_root):
+    args = ["-m", "hydra/launcher=batched", "init=kaiming,xavier", *ARGS[:2], "trainer.limit_train_batches=100"]
+    args += ARGS[3:]
+    done, _ = ctrl_c_at(tmp_path, mnist_root, 40, args)
+    output = done.stdout + done.stderr
+    assert done.returncode == 130 and "Traceback" not in output, output[-2000:]
+    (sweep,) = tmp_path.iterdir()
+    jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
+    assert len(jobs) == 2
+    for run in jobs:  # both members, through the lone run's lifecycle: where the group stopped, how to go on
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["steps"] >= 40, summary
+        assert summary["reason"].startswith(f"interrupted at step {summary['steps']} (epoch 0); no checkpoint")
+    assert f"deepinit: interrupted at step {summary['steps']}" in output
+
+    again = train_cli(*args, runs_dir=tmp_path, data_root=mnist_root)  # the group runs again, from the start
+    assert again.returncode == 0, again.stderr[-2000:]
+    for run in jobs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["steps"] == 200 and summary["training_step"] == "batched", run
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1, run  # the interrupted attempt's were cleared
+        assert steps_of(run, "train/loss") == list(range(9, 200, 10)), run
