@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -66,3 +67,6 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
     else:
         assert math.isnan(final["final/test_acc"]) and final["final/divergence_step"] == 0
     assert "hp_metric" not in events.Tags()["scalars"]
+    # hparams.yaml holds the same row (Lightning writes the file at the start, before there is a row to write)
+    saved = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert saved["init"] == init and saved["depth"] == depth and saved["theory/xi_c"] == start["theory/xi_c"]

@@ -126,6 +126,7 @@ def _one_each(job):
 def test_ddp_single_run_shards_the_data_and_writes_once(tmp_path, mnist_root):
     done = train_cli("depth=2", *DDP, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Error executing job" not in done.stderr, done.stderr[-2000:]  # nor in the second process
     (run,) = tmp_path.iterdir()
     assert _one_each(run)["metrics"]["test_acc"] > 0.85
 

@@ -148,7 +148,8 @@ def why_alone(cfg: DictConfig) -> str | None:
     Trainer the job's own config makes (every other Trainer setting the group's Trainer follows as a lone one)."""
     if cfg.optim._target_ not in ELEMENTWISE:
         return f"optimizer {cfg.optim._target_} (not known to update elementwise)"
-    trainer = make_trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with job_scope():  # a Trainer sets process-wide flags (trainer.deterministic): not the launcher's to keep
+        trainer = make_trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     if trainer.world_size > 1:
         return f"more than one device or a strategy (world size {trainer.world_size})"
     if trainer.gradient_clip_val:
@@ -163,9 +164,9 @@ def why_alone(cfg: DictConfig) -> str | None:
 class Member:
     """One run of the group: its config, folder, record, logger, layer statistics and results."""
 
-    def __init__(self, index: int, cfg: DictConfig, run_dir: Path, model: MLP, init_used: dict[str, Any]) -> None:
-        self.index, self.cfg, self.run_dir, self.model, self.init_used = index, cfg, Path(run_dir), model, init_used
-        self.record = RunRecord(run_dir)
+    def __init__(self, index: int, cfg: DictConfig, record: RunRecord, model: MLP, init_used: dict[str, Any]) -> None:
+        self.index, self.cfg, self.record, self.model, self.init_used = index, cfg, record, model, init_used
+        self.run_dir = record.run_dir
         self.record.configure(cfg)
         self.logger = self.record.open_logger()
         self.stats = layer_recorder(cfg, init_used)
@@ -274,12 +275,14 @@ class GroupStep:
         self.update_half.wanted &= self.forward.wanted  # no replayed forward, no replayed update
         return (out, [], []) if self.replayed else out
 
-    def update(self, optimizer: LightningOptimizer) -> None:
-        """The optimizer's step for every member (Lightning's, so it counts): replayed when this step's forward was
-        and the update can be."""
-        _, replayed = self.update_half((), not self.replayed, captured_fn=self.optimizer.step, eager_fn=optimizer.step)
+    def update(self, lightning_optimizer: LightningOptimizer) -> None:
+        """The optimizer's step for every member: replayed (the torch optimizer's kernels) when this step's forward
+        was and the update can be, else through Lightning's optimizer, which counts the step itself."""
+        _, replayed = self.update_half(
+            (), not self.replayed, captured_fn=self.optimizer.step, eager_fn=lightning_optimizer.step
+        )
         if replayed:
-            count_replayed_update(optimizer)
+            count_replayed_update(lightning_optimizer)
 
 
 class GroupModule(L.LightningModule):
@@ -428,38 +431,45 @@ def _train_group(
     cfg0 = cfgs[0]
     apply_process_settings(cfg0)
     with ExitStack() as records:  # a member's record ends with its summary, or with the group's failure
-        datamodule = None
         members: list[Member] = []
-        for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-            datamodule, module, init_used = build(cfg, datamodule)  # exactly as the lone run builds its model
-            members.append(Member(k, cfg, run_dir, module.model, init_used))
-            records.enter_context(members[-1].record)
-        trainer = make_trainer(
-            cfg0, logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
-            callbacks=[OnStep(on_step)] if on_step else [], default_root_dir=str(Path(run_dirs[0]).parent),
-        )  # fmt: skip
-        for member in members:
-            member.record.trainer = trainer
-        device = trainer.strategy.root_device
-        datamodule.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in datamodule.splits.items()}
-        train = StackedBatches(
-            [TensorBatches(*datamodule.splits["train"], cfg0.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
-             for cfg in cfgs]
-        )  # fmt: skip
-        group = GroupModule(StackedMLP([m.model for m in members]), members, instantiate(cfg0.optim), cfg0.fast)
-        shared = " ".join(f"{k}={v}" for k, v in essentials(cfg0).items() if k not in ("init", "seed"))
-        log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
+        trainer: L.Trainer | None = None
         try:
+            datamodule = None
+            for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+                record = records.enter_context(RunRecord(run_dir))
+                datamodule, module, init_used = build(cfg, datamodule)  # exactly as the lone run builds its model
+                members.append(Member(k, cfg, record, module.model, init_used))
+            trainer = make_trainer(
+                cfg0, logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
+                callbacks=[OnStep(on_step)] if on_step else [], default_root_dir=str(Path(run_dirs[0]).parent),
+            )  # fmt: skip
+            for member in members:
+                member.record.trainer = trainer
+            device = trainer.strategy.root_device
+            datamodule.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in datamodule.splits.items()}
+            train = StackedBatches(
+                [TensorBatches(*datamodule.splits["train"], cfg0.data.batch_size, shuffle=True,
+                               seed=cfg.data.shuffle_seed) for cfg in cfgs]
+            )  # fmt: skip
+            group = GroupModule(StackedMLP([m.model for m in members]), members, instantiate(cfg0.optim), cfg0.fast)
+            shared = " ".join(f"{k}={v}" for k, v in essentials(cfg0).items() if k not in ("init", "seed"))
+            log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
             trainer.fit(group, train_dataloaders=train, val_dataloaders=datamodule.val_dataloader())
             if group.live:
                 trainer.test(group, dataloaders=datamodule.test_dataloader(), verbose=False)
         finally:
-            for member in members:
+            for member in members:  # the CSV closed and the figures drawn, however the group ended
                 if member.stats is not None:
-                    member.stats.close(trainer.global_step)
-        for member in members:
-            with member.record:
-                _conclude(member, trainer, group.step_kind, cfg0.trainer.get("enable_checkpointing", True))
+                    member.stats.close(trainer.global_step if trainer is not None else 0)
+        first_error = None
+        for member in members:  # one member's failure here (its checkpoint on a full disk) is its own
+            try:
+                with member.record:
+                    _conclude(member, trainer, group.step_kind, cfg0.trainer.get("enable_checkpointing", True))
+            except Exception as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
     return [member.record.summary for member in members]
 
 
@@ -475,7 +485,6 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
         init=member.init_used, steps=steps, epochs=epochs, device=str(trainer.strategy.root_device),
         training_step=kind,
     )  # fmt: skip
-    member.logger.save()  # hparams.yaml, as Lightning's loop saves it
     if checkpointing:
         # Lightning checkpoints the module it trains, the stack; a member's file is its own model's weights under
         # the keys a lone run's checkpoint gives them (state_dict["model.linears.0.weight"], ...), named as the lone

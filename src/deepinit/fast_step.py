@@ -74,8 +74,8 @@ def fused_optimizer(
 
 
 class Graphed:
-    """A piece of a training step, `fn` over fixed-shape inputs, replayed from a CUDA graph where it can be and
-    run eagerly where it must: the one state machine the lone fast step (FastStep) and the batched group's two
+    """A piece of a training step, a function of fixed-shape inputs, replayed from a CUDA graph where it can be
+    and run eagerly where it must: the one state machine the lone fast step (FastStep) and the batched group's two
     half-steps (deepinit.batched.GroupStep) share.
 
     - wanted (CUDA, fast=true): WARMUP_STEPS eager calls on a side stream (lazy init of cuBLAS, autograd,
@@ -83,7 +83,7 @@ class Graphed:
     - a call the caller says is observed (a recorder reads this step's tensors), or whose inputs have another
       shape (the epoch's last batch), runs eagerly on the same parameters, gradients and optimizer state;
     - a capture that fails costs one log line and speed (eager from then on), never the run.
-    grads_of: the optimizer whose gradients `fn` writes (it runs backward): zeroed before each eager call, and
+    grads_of: the optimizer whose gradients the piece writes (it runs backward): zeroed before each eager call, and
     kept allocated once captured, because the graph's backward writes into those very tensors.
     """
 

@@ -9,8 +9,9 @@ Every run goes through a `RunRecord`: a lone run (deepinit.train), each member o
 - failed: anything else; bad settings and bad data keep their one line, a full disk becomes NoRoomError's.
 
 `with RunRecord(run_dir) as record:` turns whatever ends the block into that status and writes
-summary.json whole, whatever happened (a full disk included). The run's TensorBoard logger (RunLogger) is
-opened and closed here too, with its HParams row written once at the end, with the final metrics.
+summary.json whole (on a full disk it first removes the truncated checkpoint, which makes room for it; where
+even the summary cannot be written, the run's own one-line error still goes up). The run's TensorBoard logger
+(RunLogger) is opened and closed here too, with its HParams row written once at the end, with the final metrics.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -116,14 +118,17 @@ class RunLogger(TensorBoardLogger):
     def __init__(self, run_dir: Path) -> None:
         super().__init__(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
 
+    @rank_zero_only  # under DDP the other processes' experiment is a dummy with no file writer
     def log_hyperparams(
         self, params: dict[str, Any], metrics: dict[str, float] | None = None, step: int | None = None
     ) -> None:
-        """Lightning's log_hyperparams (hparams.yaml), with the HParams summaries written here: the TRAINING label
-        added and the experiment's SHOWN columns marked to be ticked on open."""
+        """Lightning's log_hyperparams, with the HParams summaries written here: the TRAINING label added and the
+        experiment's SHOWN columns marked to be ticked on open; hparams.yaml then holds the row."""
         super().log_hyperparams(params)  # with no metrics, Lightning only keeps them for hparams.yaml
         if not metrics:
             return
+        # Lightning writes hparams.yaml once, when it is missing: at the start, before there is a row to write
+        save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
         self.log_metrics(metrics, step)
         shown = self._sanitize_params({**params, self.TRAINING: training_label(params)})  # Lightning's: None as "None"
         experiment, start, end = tensorboard_hparams(shown, metrics)
@@ -311,7 +316,13 @@ class RunRecord:
         self.closed = True
         instead = self._outcome(error) if error is not None else None
         if self.logger is not None:
-            self.logger.close(self.summary["status"])
+            try:
+                self.logger.close(self.summary["status"])
+            except OSError as e:  # the last events would not write (a full disk): the summary still says so
+                if error is None:
+                    instead = self._outcome(e) or e
+                else:
+                    log.error(f"{self.run_dir}: event file not closed: {e}")
         self.summary["wall_time_s"] = round(time.time() - self.start + self.summary.pop("earlier_wall_time_s", 0), 2)
         if rank_zero_only.rank == 0:  # under DDP the other processes ran the same job; one writes its summary
             try:

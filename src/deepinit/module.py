@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"This instance was constructed with capturable=True")
 
 
-def observed(trainer: L.Trainer) -> bool:
+def is_observed(trainer: L.Trainer) -> bool:
     """Whether a callback reads this step's tensors (LayerStats, through hooks, on the steps it records: its
     `observes(step)` says which). Such a step runs eagerly; any other may be replayed from a CUDA graph."""
     return any(cb.observes(trainer.global_step) for cb in trainer.callbacks if hasattr(cb, "observes"))
@@ -126,7 +126,7 @@ class Classifier(L.LightningModule):
         if self.fast_step is None:
             self.fast_step = FastStep(self.model, optimizer.optimizer, self.device, graph=self.device.type == "cuda")
             self.fast_step.start_at(self.global_step)
-        replayed = self.fast_step(*batch, self.manual_backward, optimizer.step, observed=observed(self.trainer))
+        replayed = self.fast_step(*batch, self.manual_backward, optimizer.step, observed=is_observed(self.trainer))
         if replayed:
             count_replayed_update(optimizer)
         step, trainer = self.global_step, self.trainer

@@ -133,6 +133,17 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if (settings := stats_settings(cfg)) is not None:
+        try:
+            LayerRecorder(**settings)  # the recorder checks its own settings; here they are the stats.* keys
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+
+
+def stats_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """The LayerRecorder's settings from `stats.*`; None for stats=off."""
+    settings = OmegaConf.to_container(cfg.stats, resolve=True)
+    return settings if settings.pop("enabled") else None
 
 
 def check_strategy(trainer: L.Trainer) -> None:
@@ -173,14 +184,10 @@ def build(
 
 
 def layer_recorder(cfg: DictConfig, init_used: dict[str, Any]) -> LayerRecorder | None:
-    """The run's LayerRecorder as `stats=` configures it, with the init's theory; None for stats=off."""
-    stats_cfg = OmegaConf.to_container(cfg.stats, resolve=True)
-    if not stats_cfg.pop("enabled"):
-        return None
-    try:
-        return LayerRecorder(**stats_cfg, theory=theory_inputs(cfg, init_used))
-    except (TypeError, ValueError) as e:  # the recorder checks its own settings; here they are the stats.* keys
-        raise ConfigError(str(e)) from None
+    """The run's LayerRecorder as `stats=` configures it (checked by validate), with the init's theory; None for
+    stats=off."""
+    settings = stats_settings(cfg)
+    return None if settings is None else LayerRecorder(**settings, theory=theory_inputs(cfg, init_used))
 
 
 def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None:
