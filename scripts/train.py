@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from deepinit.lifecycle import ConfigError, NoRoomError, RunInterrupted, describe_end
+from deepinit.lifecycle import USER_ERRORS, ConfigError, RunInterrupted, describe_end
 from deepinit.provision import DataError
 from deepinit.sweep import claim, resume_point, skip_or_clear, sweep_name
 from deepinit.train import check_group_choices, check_runs_dir, run
@@ -56,10 +56,9 @@ def main(cfg: DictConfig) -> None:
                 # One job's failure is a row of the sweep report (its summary.json says failed), not the sweep's
                 # end. Bad input or a full disk is one line; anything else is a bug, whose traceback goes to the
                 # job's log.
-                expected = isinstance(e, ConfigError | DataError | NoRoomError)
-                log.error(f"job {hydra_cfg.job.num} failed: {message}", exc_info=not expected)
+                log.error(f"job {hydra_cfg.job.num} failed: {message}", exc_info=not isinstance(e, USER_ERRORS))
                 return
-            if isinstance(e, ConfigError | DataError | NoRoomError):
+            if isinstance(e, USER_ERRORS):
                 sys.exit(message)  # exit status 1, the message alone on stderr
             raise
     if rank_zero_only.rank == 0:  # under DDP, once

@@ -89,6 +89,15 @@ def test_a_full_disk_fails_a_batched_group_in_one_line(mnist_root, full_disk):
     assert not list(sweep.rglob("*.ckpt*"))  # no truncated checkpoint
 
 
+def test_a_bad_setting_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
+    done = train_cli("-m", "hydra/launcher=batched", *TINY, "depth=1", runs_dir=tmp_path, data_root=mnist_root)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-2000:]  # a row each, as with the basic one
+    assert "batched group failed: ConfigError: depth must be an integer >= 2 (got 1)" in output
+    _, summaries = _summaries(tmp_path)
+    assert [s["reason"] for s in summaries] == ["depth must be an integer >= 2 (got 1)"] * 2  # a lone run's line
+
+
 def test_batched_launcher_refuses_a_bad_group_size(tmp_path, mnist_root):
     done = train_cli(
         "-m", "hydra/launcher=batched", "hydra.launcher.max_group_size=0", runs_dir=tmp_path, data_root=mnist_root

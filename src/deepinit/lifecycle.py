@@ -58,6 +58,9 @@ class RunInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+# What a run's user can mend: bad settings, bad data, a full disk. Their one line is the whole message: no traceback.
+USER_ERRORS = (ConfigError, DataError, NoRoomError)
+
 # ENOSPC: disk full; EDQUOT: quota; EFBIG: the process's file-size limit (ulimit -f)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -56,7 +56,7 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import group_key, memory_estimate, train_group, why_alone
-        from deepinit.lifecycle import ConfigError, RunInterrupted, describe_end, no_room
+        from deepinit.lifecycle import USER_ERRORS, ConfigError, RunInterrupted, describe_end, no_room
         from deepinit.sweep import claim, skip_or_clear
         from deepinit.train import run
 
@@ -127,8 +127,11 @@ class BatchedLauncher(Launcher):
                 log.warning(f"deepinit: {e.summary['reason']}")
                 raise
             except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
-                error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: one line, no traceback
-                log.error(f"batched group failed: {type(error).__name__}: {error}", exc_info=error is e)
+                error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: the sweep's folder named
+                log.error(
+                    f"batched group failed: {type(error).__name__}: {error}",
+                    exc_info=not isinstance(error, USER_ERRORS),
+                )
                 results = [_failed(j["run_dir"], error) for j in chunk]
             summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
         for job in alone:
@@ -153,12 +156,12 @@ class BatchedLauncher(Launcher):
 
 def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
     """The job's summary after its failure: its own summary.json where it wrote one (a lone run's failure, or a
-    group member that had finished when a later member failed), else a new one saying failed."""
-    from deepinit.lifecycle import write_summary
+    group member whose record was open), else the one a run's record writes for that error."""
+    from deepinit.lifecycle import RunRecord
 
     path = Path(run_dir) / "summary.json"
     if path.exists():
         return json.loads(path.read_text())
-    summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "run_dir": str(run_dir)}
-    write_summary(Path(run_dir), summary)
-    return summary
+    record = RunRecord(run_dir)
+    record.close(error)
+    return record.summary
