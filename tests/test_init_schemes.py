@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from deepinit.init_schemes import SCHEMES, activation_gain, initialize
+from deepinit.activations import ACTIVATIONS
+from deepinit.init_schemes import SCHEMES, initialize
 from deepinit.model import MLP
 
 WIDTH = 384  # layers 784->384, 384->384, 384->10: square and rectangular shapes
@@ -52,7 +53,7 @@ def build(name: str, activation: str = "relu", seed: int = 0, **options) -> MLP:
 )
 def test_weight_std_matches_formula(name, activation):
     model = build(name, activation)
-    gain = activation_gain(activation)
+    gain = ACTIVATIONS[activation].gain
     for layer in model.linears:
         w = layer.weight.detach().double()
         fan_out, fan_in = w.shape
@@ -69,7 +70,7 @@ def test_weight_std_matches_formula(name, activation):
 
 @pytest.mark.parametrize("name, bound", [("xavier_uniform", "xavier"), ("kaiming_uniform", "kaiming")])
 def test_uniform_schemes_respect_their_bound(name, bound):
-    gain = activation_gain("relu")
+    gain = ACTIVATIONS["relu"].gain
     for layer in build(name).linears:
         fan_out, fan_in = layer.weight.shape
         limit = math.sqrt(3) * expected_std(bound, fan_in, fan_out, gain)
@@ -78,7 +79,7 @@ def test_uniform_schemes_respect_their_bound(name, bound):
 
 
 def test_orthogonal_rows_or_columns_are_orthonormal_times_gain():
-    gain = activation_gain("tanh")
+    gain = ACTIVATIONS["tanh"].gain
     for layer in build("orthogonal", "tanh").linears:
         w = layer.weight.detach().double()
         small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
@@ -86,7 +87,7 @@ def test_orthogonal_rows_or_columns_are_orthonormal_times_gain():
 
 
 def test_spectral_norm_equals_gain():
-    gain = activation_gain("relu")
+    gain = ACTIVATIONS["relu"].gain
     for layer in build("spectral").linears:
         assert torch.linalg.matrix_norm(layer.weight.double(), ord=2).item() == pytest.approx(gain, rel=1e-5)
 

@@ -9,7 +9,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from conftest import compose_cfg, read_csv, read_events
 from deepinit import stats
-from deepinit.model import ACTIVATIONS
+from deepinit.activations import ACTIVATIONS
 from deepinit.train import build, run
 
 QUICK = ["trainer.limit_val_batches=0", "trainer.enable_checkpointing=true", "width=64"]

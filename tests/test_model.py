@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from deepinit.model import ACTIVATIONS, MLP
+from deepinit.activations import ACTIVATIONS
+from deepinit.model import MLP
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))

@@ -8,8 +8,9 @@ import torch
 
 from conftest import compose_cfg, read_csv
 from deepinit import stats, theory
-from deepinit.init_schemes import activation_gain, initialize
-from deepinit.model import ACTIVATIONS, MLP
+from deepinit.activations import ACTIVATIONS
+from deepinit.init_schemes import initialize
+from deepinit.model import MLP
 from deepinit.train import run
 
 
@@ -33,7 +34,7 @@ def test_derivative_moments_match_theory_md(activation, expected):
 @pytest.mark.parametrize("activation", ["gelu", "selu", "relu", "leaky_relu", "linear"])
 @pytest.mark.parametrize("q", [0.1, 1.0, 3.0])
 def test_closed_forms_agree_with_quadrature(activation, q):
-    fn = theory._phi(activation)
+    fn = ACTIVATIONS[activation].phi
     # selu itself has a kink at 0 (slopes lambda*alpha and lambda), where quadrature converges only to ~1e-5
     rel = 1e-4 if activation == "selu" else 1e-9
     assert theory.second_moment(activation, q) == pytest.approx(theory.gauss_expect(lambda x: fn(x) ** 2, q), rel=rel)
@@ -85,7 +86,7 @@ def monte_carlo_q(activation, scheme, depth=12, width=256, draws=12, seed=0):
     rows = []
     for _ in range(draws):
         model = MLP(depth=depth, width=width, activation=activation).double()
-        gain = 1.0 if scheme in ("lecun", "xavier") else activation_gain(activation)
+        gain = 1.0 if scheme in ("lecun", "xavier") else ACTIVATIONS[activation].gain
         initialize(model, scheme, gain=gain)
         with torch.no_grad():
             h, row = x, []
@@ -129,7 +130,7 @@ def test_backward_prediction_against_monte_carlo(activation):
         h.square().sum().backward()  # any loss: the prediction is relative to the logits' gradient
         g = [o.grad.square().mean().item() for o in outs]
         ratios.append(np.array(g) / g[-1])
-    pred, _ = theory.predict_model(model, "kaiming", activation_gain(activation), input_sqr=1.0)
+    pred, _ = theory.predict_model(model, "kaiming", ACTIVATIONS[activation].gain, input_sqr=1.0)
     ln_ratio = np.log(np.mean(ratios, axis=0) / np.array(pred.grad_sqr))
     # Backward products fluctuate like the forward ones: allow 4 forward-spread standard errors, depth-matched.
     tol = 4 * np.array(pred.q_log_sd[::-1]) / math.sqrt(draws) + 0.05
@@ -217,7 +218,7 @@ def test_isometry_theory_and_hutchinson_estimate_against_exact_spectra(activatio
     torch.manual_seed(3)
     depth, width = 12, 128
     model = MLP(depth=depth, width=width, activation=activation).double()
-    gain = 1.0 if scheme == "xavier" else activation_gain(activation)
+    gain = 1.0 if scheme == "xavier" else ACTIVATIONS[activation].gain
     initialize(model, scheme, gain=gain)
     x1 = model.activations[0](model.linears[0](torch.randn(16, 784, dtype=torch.float64)))
     hidden = range(1, depth - 1)
@@ -272,7 +273,7 @@ def simulate_pairs(activation, sigma_w2, sigma_b2, q0, c0, depth, width=1000, ne
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(nets, 2, width, generator=gen, dtype=torch.float64)
     h = torch.stack([z[:, 0], c0 * z[:, 0] + math.sqrt(1 - c0**2) * z[:, 1]], dim=1) * math.sqrt(q0)
-    phi = ACTIVATIONS[activation]()
+    phi = ACTIVATIONS[activation].module()
     qs, cs = [], []
     for _ in range(depth):
         w = torch.randn(nets, width, width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_w2 / width)
@@ -291,7 +292,7 @@ def measured_map_slope(activation, sigma_w2, sigma_b2, q, c, delta=0.02, width=4
     z1, z2 = torch.randn(2, pairs, width, generator=gen, dtype=torch.float64)
     w = torch.randn(width, width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_w2 / width)
     b = torch.randn(width, generator=gen, dtype=torch.float64) * math.sqrt(sigma_b2)
-    phi = ACTIVATIONS[activation]()
+    phi = ACTIVATIONS[activation].module()
 
     def next_corr(c_in):
         ha, hb = math.sqrt(q) * z1, math.sqrt(q) * (c_in * z1 + math.sqrt(1 - c_in**2) * z2)

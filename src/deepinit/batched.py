@@ -44,10 +44,11 @@ from lightning.pytorch.loggers.logger import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from deepinit.activations import ACTIVATIONS
 from deepinit.data import TensorBatches
 from deepinit.fast_step import Graphed, fused_optimizer
 from deepinit.lifecycle import RunRecord, essentials, write_whole
-from deepinit.model import ACTIVATIONS, MLP
+from deepinit.model import MLP
 from deepinit.module import count_replayed_update, logs_now
 from deepinit.sweep import result_settings
 from deepinit.train import (
@@ -100,7 +101,7 @@ class StackedMLP(nn.Module):
             for i in range(self.depth)
             if has_bias
         )
-        self.act = ACTIVATIONS[self.activation]()
+        self.act = ACTIVATIONS[self.activation].module()
         self.bind()
 
     def bind(self) -> None:

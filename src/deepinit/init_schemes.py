@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepinit.activations import ACTIVATIONS
 from deepinit.model import MLP
 
 WeightInit = Callable[..., None]
@@ -115,13 +116,6 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
-def activation_gain(activation: str) -> float:
-    """torch's recommended gain for the activation (GELU, which torch does not list, gets ReLU's)."""
-    if activation == "leaky_relu":
-        return nn.init.calculate_gain("leaky_relu", 0.01)
-    return nn.init.calculate_gain({"gelu": "relu"}.get(activation, activation))
-
-
 @torch.no_grad()
 def lsuv_rescale(model: MLP, batch: Tensor, tol: float = 0.1, max_iter: int = 10) -> list[float]:
     """Mishkin & Matas (2016): layer by layer, W <- W / std(W x) until |Var(W x) - 1| < tol.
@@ -166,7 +160,7 @@ def initialize(
         raise ValueError(f"init {name!r} takes no option(s) {', '.join(sorted(unknown))}")
     if name == "gaussian":
         gain, bias_std = math.sqrt(options["sigma_w2"]), math.sqrt(options["sigma_b2"])
-    gain = activation_gain(model.activation) if gain is None else float(gain)
+    gain = ACTIVATIONS[model.activation].gain if gain is None else float(gain)
     weight_options = {k: v for k, v in options.items() if k == "std"}
     for linear in model.linears:
         scheme.fill(linear.weight.data, gain, **weight_options)

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-# Each entry builds a fresh activation module; the key is what `activation=` accepts.
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "linear": nn.Identity,
-    "leaky_relu": lambda: nn.LeakyReLU(negative_slope=0.01),
-    "gelu": nn.GELU,
-    "selu": nn.SELU,
-    "sigmoid": nn.Sigmoid,
-}
+from deepinit.activations import activation as activation_record
 
 
 class MLP(nn.Module):
@@ -36,8 +27,7 @@ class MLP(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        record = activation_record(activation)
         if depth < 2:
             raise ValueError(f"depth must be >= 2 (got {depth})")
         if width < 1:
@@ -45,7 +35,7 @@ class MLP(nn.Module):
         sizes = [in_features] + [width] * (depth - 1) + [out_features]
         self.activation = activation
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.activations = nn.ModuleList(ACTIVATIONS[activation]() for _ in range(depth - 1))
+        self.activations = nn.ModuleList(record.module() for _ in range(depth - 1))
 
     @property
     def depth(self) -> int:

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-# "Dead" = the unit's pre-activation is <= 0 on every sample of the batch (for relu: its output is
-# exactly 0 throughout, and it gets no gradient). "Saturated" = |output| beyond 0.97 of the bound.
-RELU_LIKE = {"relu", "leaky_relu", "gelu", "selu"}
-SATURATING = {"tanh": (0.0, 1.0), "sigmoid": (0.5, 0.5)}  # (centre, half-range) of the output
+from deepinit.activations import ACTIVATIONS
+
+# "Dead" = the unit's pre-activation is <= 0 on every sample of the batch (for relu: its output is exactly 0
+# throughout, and it gets no gradient). "Saturated" = |output - centre| beyond 0.97 of the half-range. Which rule an
+# activation follows is its record's (deepinit.activations).
 SATURATION = 0.97
 
 # (group, quantity) pairs each group can record; `health` is dead or saturated depending on activation.
@@ -99,10 +100,11 @@ def correlations(pre: Sequence[Tensor]) -> Tensor:
 
 def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) -> dict[str, Tensor]:
     """Fraction of dead units (relu-like) or of saturated outputs (tanh, sigmoid); nothing for others."""
-    if activation in RELU_LIKE:  # stacked [layers, batch, units]: dead = <= 0 over the whole batch
+    record = ACTIVATIONS[activation]
+    if record.dead:  # stacked [layers, batch, units]: dead = <= 0 over the whole batch
         return {"dead": rowwise(pre, lambda h: (h <= 0).all(dim=1).flatten(1).float().mean(1))}
-    if activation in SATURATING:
-        centre, half = SATURATING[activation]
+    if record.saturation is not None:
+        centre, half = record.saturation
         saturated = _flat(lambda x: ((x - centre).abs() > SATURATION * half).float().mean(1))
         return {"saturated": rowwise(post, saturated)}
     return {}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepinit.activations import ACTIVATIONS
 from deepinit.init_schemes import SCHEMES
 
 # Gauss-Hermite (probabilists') nodes and weights: E f(z), z ~ N(0,1) = sum w_i f(x_i) / sqrt(2 pi). An even
@@ -26,91 +27,37 @@ from deepinit.init_schemes import SCHEMES
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(200)
 _WEIGHTS = _WEIGHTS / math.sqrt(2 * math.pi)
 
-SELU_ALPHA, SELU_LAMBDA = 1.6732632423543772, 1.0507009873554805
-LEAKY_SLOPE = 0.01
-
-
-def _phi(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    t = torch.from_numpy
-    return {
-        "linear": lambda x: x,
-        "relu": lambda x: np.maximum(x, 0.0),
-        "leaky_relu": lambda x: np.where(x > 0, x, LEAKY_SLOPE * x),
-        "tanh": np.tanh,
-        "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-        "gelu": lambda x: torch.nn.functional.gelu(t(x)).numpy(),
-        "selu": lambda x: torch.nn.functional.selu(t(x)).numpy(),
-    }[name]
-
-
-def _dphi(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    def autograd(fn):
-        def d(x: np.ndarray) -> np.ndarray:
-            xt = torch.from_numpy(x).requires_grad_(True)
-            (g,) = torch.autograd.grad(fn(xt).sum(), xt)
-            return g.numpy()
-
-        return d
-
-    return {
-        "linear": lambda x: np.ones_like(x),
-        "relu": lambda x: (x > 0).astype(float),
-        "leaky_relu": lambda x: np.where(x > 0, 1.0, LEAKY_SLOPE),
-        "tanh": lambda x: 1.0 - np.tanh(x) ** 2,
-        "sigmoid": lambda x: (s := 1.0 / (1.0 + np.exp(-x))) * (1.0 - s),
-        "gelu": autograd(torch.nn.functional.gelu),
-        "selu": autograd(torch.nn.functional.selu),
-    }[name]
-
 
 def gauss_expect(fn: Callable[[np.ndarray], np.ndarray], q: float) -> float:
     """E fn(sqrt(q) z), z ~ N(0, 1), by 200-point Gauss-Hermite quadrature."""
     return float(np.dot(_WEIGHTS, fn(math.sqrt(max(q, 0.0)) * _NODES)))
 
 
-def _std_normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2))
-
-
 def second_moment(activation: str, q: float) -> float:
-    """V(q) = E phi(sqrt(q) z)^2: closed forms where they exist (docs/theory.md table), quadrature otherwise."""
-    if activation == "linear":
-        return q
-    if activation == "relu":
-        return q / 2
-    if activation == "leaky_relu":
-        return (1 + LEAKY_SLOPE**2) * q / 2
-    if activation == "gelu":
-        return q * (0.25 + math.asin(q / (1 + q)) / (2 * math.pi) + q / (math.pi * (1 + q) * math.sqrt(1 + 2 * q)))
-    if activation == "selu" and q < 100:  # exp(2q) overflows beyond; quadrature is exact enough there
-        r = math.sqrt(q)
-        tail = math.exp(2 * q) * _std_normal_cdf(-2 * r) - 2 * math.exp(q / 2) * _std_normal_cdf(-r) + 0.5
-        return SELU_LAMBDA**2 * (q / 2 + SELU_ALPHA**2 * tail)
-    return gauss_expect(lambda x: _phi(activation)(x) ** 2, q)
+    """V(q) = E phi(sqrt(q) z)^2: the activation's closed form where it has one (docs/theory.md table), else
+    quadrature."""
+    a = ACTIVATIONS[activation]
+    closed = a.second_moment(q) if a.second_moment else None
+    return closed if closed is not None else gauss_expect(lambda x: a.phi(x) ** 2, q)
 
 
 def mean(activation: str, q: float) -> float:
     """E phi(sqrt(q) z): the post-activation mean (relu: sqrt(q / 2 pi))."""
-    if activation == "linear":
-        return 0.0
-    if activation == "relu":
-        return math.sqrt(q / (2 * math.pi))
-    return gauss_expect(_phi(activation), q)
+    a = ACTIVATIONS[activation]
+    closed = a.mean(q) if a.mean else None
+    return closed if closed is not None else gauss_expect(a.phi, q)
 
 
 def derivative_second_moment(activation: str, q: float) -> float:
     """E phi'(sqrt(q) z)^2, the per-layer backward factor besides the weights."""
-    closed = {"linear": 1.0, "relu": 0.5, "leaky_relu": (1 + LEAKY_SLOPE**2) / 2}
-    if activation in closed:
-        return closed[activation]
-    if activation == "selu" and q < 100:  # its derivative jumps at 0, where quadrature converges slowly
-        return SELU_LAMBDA**2 * (0.5 + SELU_ALPHA**2 * math.exp(2 * q) * _std_normal_cdf(-2 * math.sqrt(q)))
-    return gauss_expect(lambda x: _dphi(activation)(x) ** 2, q)
+    a = ACTIVATIONS[activation]
+    closed = a.derivative_second_moment(q) if a.derivative_second_moment else None
+    return closed if closed is not None else gauss_expect(lambda x: a.dphi(x) ** 2, q)
 
 
 def fourth_moment_ratio(activation: str, q: float) -> float:
     """E phi^4 / (E phi^2)^2 at N(0, q): sets the finite-width spread of m_l / m_{l-1} (6 for relu, 3 linear)."""
-    fn = _phi(activation)
+    fn = ACTIVATIONS[activation].phi
     # A vanishing or exploding signal (0.01 or N(0,1) weights at depth 100: q ~ 1e-190 or 1e+250) would under- or
     # overflow the squared moments; the ratio is scale-free for relu-like units and tends to its small- and
     # large-signal limits for smooth ones, so q clamped to what float64 can square to the fourth gives the same.
@@ -239,7 +186,7 @@ def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, floa
     squared singular value m1 = prod sigma_w^2 mu1 and the spread s^2 ~ sum (v_W + v_D), v_W = 1 for
     Gaussian and 0 for orthogonal weights, v_D = mu2 / mu1^2 - 1 with mu_k = E phi'(h)^(2k)."""
     m1, s2 = 1.0, 0.0
-    dphi = _dphi(activation)
+    dphi = ACTIVATIONS[activation].dphi
     for layer in layers:
         mu1 = derivative_second_moment(activation, pred.q[layer])
         mu2 = gauss_expect(lambda x: dphi(x) ** 4, pred.q[layer])
@@ -249,7 +196,6 @@ def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, floa
 
 
 # --- depth scales and trainability (Poole et al. 2016; Schoenholz et al. 2017; docs/trainability.md) -----------
-HOMOGENEOUS = {"linear": 1.0, "relu": 0.5, "leaky_relu": (1 + LEAKY_SLOPE**2) / 2}  # V(q) = k q, E phi'^2 = k
 TRAINABLE_XI = 6  # Schoenholz et al.: with a fixed SGD budget a network of depth L trains where L < 6 xi_c
 _Z1, _Z2 = np.meshgrid(_NODES, _NODES, indexing="ij")  # 2-D Gauss-Hermite: the outer product of the 1-D rule
 _W2 = np.outer(_WEIGHTS, _WEIGHTS)
@@ -269,15 +215,16 @@ def correlation_step(activation: str, q: float, c: float, sigma_w2: float, sigma
     q_next = sigma_w2 * second_moment(activation, q) + sigma_b2
     if q_next <= 0:
         return 1.0
-    return (sigma_w2 * pair_expect(_phi(activation), q, c) + sigma_b2) / q_next
+    return (sigma_w2 * pair_expect(ACTIVATIONS[activation].phi, q, c) + sigma_b2) / q_next
 
 
 def fixed_point_q(activation: str, sigma_w2: float, sigma_b2: float) -> float:
     """q* = sigma_w^2 V(q*) + sigma_b^2, the length every input's q_l approaches; inf where it grows without bound
     (an unbounded activation above its critical sigma_w^2), nan where every q is a fixed point (relu at 2, linear
     at 1, no bias)."""
-    if activation in HOMOGENEOUS:
-        slope = sigma_w2 * HOMOGENEOUS[activation]
+    k = ACTIVATIONS[activation].homogeneous
+    if k is not None:
+        slope = sigma_w2 * k
         if math.isclose(slope, 1.0, rel_tol=1e-12):
             return math.nan if sigma_b2 == 0 else math.inf
         return sigma_b2 / (1 - slope) if slope < 1 else math.inf
@@ -318,7 +265,8 @@ def depth_scales(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> dic
                 "phase": "critical", "trainable_depth": inf}  # fmt: skip
     q_eval = min(q_star, Q_UNBOUNDED)
     chi_1 = _chi_1(activation, sigma_w2, q_star)
-    slope_q = sigma_w2 * (HOMOGENEOUS[activation] if activation in HOMOGENEOUS else _dV_dq(activation, q_eval))
+    k = ACTIVATIONS[activation].homogeneous
+    slope_q = sigma_w2 * (k if k is not None else _dV_dq(activation, q_eval))
     xi_q = _depth(slope_q)
     if math.isclose(chi_1, 1.0, rel_tol=1e-9, abs_tol=1e-9):
         phase, c_star, chi_c = "critical", 1.0, 1.0
@@ -329,8 +277,7 @@ def depth_scales(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> dic
     else:
         phase = "chaotic"
         c_star = _chaotic_fixed_point(activation, q_star, sigma_w2, sigma_b2)
-        dphi = _dphi(activation)
-        chi_c = sigma_w2 * pair_expect(dphi, q_star, c_star)
+        chi_c = sigma_w2 * pair_expect(ACTIVATIONS[activation].dphi, q_star, c_star)
     xi_c = _depth(chi_c)
     return {"q_star": q_star, "chi_1": chi_1, "c_star": c_star, "chi_c": chi_c, "xi_q": xi_q, "xi_c": xi_c,
             "phase": phase, "trainable_depth": TRAINABLE_XI * xi_c}  # fmt: skip
@@ -371,8 +318,9 @@ def _chaotic_fixed_point(activation: str, q_star: float, sigma_w2: float, sigma_
 
 def edge_of_chaos(activation: str, sigma_b2: float = 0.0) -> float:
     """sigma_w^2 where chi_1 = 1 for bias variance sigma_b^2 (tanh: 1 at 0, 1.76095 at 0.05; relu 2; linear 1)."""
-    if activation in HOMOGENEOUS:
-        return 1 / HOMOGENEOUS[activation]
+    k = ACTIVATIONS[activation].homogeneous
+    if k is not None:
+        return 1 / k
 
     def chi_1(sigma_w2: float) -> float:
         return _chi_1(activation, sigma_w2, fixed_point_q(activation, sigma_w2, sigma_b2)) - 1

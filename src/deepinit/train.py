@@ -30,10 +30,11 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _Su
 from omegaconf import DictConfig, OmegaConf
 
 from deepinit import theory
+from deepinit.activations import ACTIVATIONS
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
 from deepinit.lifecycle import ConfigError, RunRecord
-from deepinit.model import ACTIVATIONS, MLP
+from deepinit.model import MLP
 from deepinit.module import Classifier
 from deepinit.recorder import LayerRecorder
 from deepinit.sweep import INTERRUPTED_CHECKPOINT
