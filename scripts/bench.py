@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from deepinit.batched import train_group
-from deepinit.train import MATMUL_PRECISIONS, build, layer_stats
+from deepinit.settings.hydra import from_config, register
+from deepinit.settings.records import MATMUL_PRECISIONS, Settings
+from deepinit.train import build, layer_stats
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -69,7 +71,17 @@ class StepTimer(L.Callback):
                 self.profiler.stop()
 
 
-def plain_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int, batches: Iterator) -> float:
+class OnStep(L.Callback):
+    """on_step(step) before each training step: the batched group's steps timed from its Trainer."""
+
+    def __init__(self, on_step) -> None:
+        self.on_step = on_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.on_step(trainer.global_step)
+
+
+def plain_loop(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int, batches: Iterator) -> float:
     """samples/s of a plain PyTorch loop (forward, backward, step) over `batches` (making each batch is timed too)."""
     _, module, _ = build(cfg, datamodule)
     model = module.model.to(device)
@@ -87,7 +99,7 @@ def plain_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int, b
     return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 
-def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+def reference_loop(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
     """The plain PyTorch loop: data as one in-memory tensor on the device, slicing, forward, backward, step."""
     x_all, y_all = (t.to(device) for t in datamodule.splits["train"])
     order = torch.randperm(len(x_all), device=device)
@@ -101,7 +113,7 @@ def reference_loop(cfg, datamodule, device: torch.device, warmup: int, steps: in
     return plain_loop(cfg, datamodule, device, warmup, steps, batches())
 
 
-def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+def tutorial_pipeline(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
     """The usual tutorial: torchvision's MNIST, ToTensor + Normalize on every sample, a DataLoader, 0 workers."""
     normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
     dataset = getattr(torchvision.datasets, cfg.data.dataset)(cfg.data.root, train=True, transform=normalize)
@@ -115,7 +127,7 @@ def tutorial_pipeline(cfg, datamodule, device: torch.device, warmup: int, steps:
     return plain_loop(cfg, datamodule, device, warmup, steps, batches())
 
 
-def project_path(cfg, datamodule, device: torch.device, warmup: int, steps: int, profiler=None) -> float:
+def project_path(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int, profiler=None) -> float:
     """The project's own training path: Classifier + DataModule + the run's LayerStats (cfg.stats) through a
     Lightning Trainer."""
     _, module, init_used = build(cfg, datamodule)
@@ -139,7 +151,7 @@ def project_path(cfg, datamodule, device: torch.device, warmup: int, steps: int,
     return steps * cfg.data.batch_size / timer.seconds
 
 
-def batched_group(cfgs, device: torch.device, warmup: int, steps: int) -> float:
+def batched_group(cfgs: list[Settings], device: torch.device, warmup: int, steps: int) -> float:
     """len(cfgs) same-shape runs as one stacked model (deepinit.batched, hydra/launcher=batched), stats default;
     samples/s summed over the members."""
     marks: dict[int, float] = {}
@@ -150,7 +162,7 @@ def batched_group(cfgs, device: torch.device, warmup: int, steps: int) -> float:
             marks[step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_group(cfgs, [Path(tmp) / str(i) for i in range(len(cfgs))], on_step)
+        train_group(cfgs, [Path(tmp) / str(i) for i in range(len(cfgs))], [OnStep(on_step)])
     return len(cfgs) * steps * cfgs[0].data.batch_size / (marks[warmup + steps] - marks[warmup])
 
 
@@ -209,14 +221,16 @@ def main() -> None:
         "trainer.limit_test_batches=0",
         "trainer.enable_checkpointing=false",  # what happens after the timed steps: kept short
     ]
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-        off_cfg, full_cfg = (compose("train", overrides=[*overrides, f"stats={name}"]) for name in ("off", "full"))
-        eager_cfg = compose("train", overrides=[*overrides, "fast=false"])
-        group_cfgs = [
-            compose("train", overrides=[*overrides, *short, f"seed={seed}", f"trainer.accelerator={device.type}"])
-            for seed in range(group)
-        ]
+
+        def settings(*more: str) -> Settings:
+            return from_config(compose("train", overrides=[*overrides, *more]))
+
+        cfg = settings()
+        off_cfg, full_cfg = settings("stats=off"), settings("stats=full")
+        eager_cfg = settings("fast=false")
+        group_cfgs = [settings(*short, f"seed={seed}", f"trainer.accelerator={device.type}") for seed in range(group)]
     datamodule, _, _ = build(cfg)
     warmup, steps = args.warmup, args.steps
     reference_name = "reference loop (plain PyTorch)"
@@ -243,7 +257,7 @@ def main() -> None:
     machine = machine_name(device)
     lines = [
         f"{datetime.now():%Y-%m-%d}: depth {args.depth}, width {args.width}, batch {args.batch}, relu, "
-        f"{cfg.optim._target_.rsplit('.', 1)[-1]}, matmul precision {args.matmul_precision}, "
+        f"{cfg.optim.target.rsplit('.', 1)[-1]}, matmul precision {args.matmul_precision}, "
         f"{steps} timed steps x {args.repeats} repeats (median), device "
         f"{device} ({machine}), torch {torch.__version__}, lightning {L.__version__}",
         "",

@@ -6,6 +6,7 @@ python scripts/train.py resume=<run folder>          # go on after Ctrl-C
 """
 
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,13 +17,15 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from deepinit.lifecycle import USER_ERRORS, ConfigError, RunInterrupted, describe_end
-from deepinit.provision import DataError
-from deepinit.sweep import claim, resume_point, skip_or_clear, sweep_name
-from deepinit.train import check_group_choices, check_runs_dir, run
+from deepinit.lifecycle import USER_ERRORS, RunInterrupted, RunRecord, exit_line, report_failure, report_interrupted
+from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
+from deepinit.settings.rules import ConfigError
+from deepinit.sweep import claim, clear_attempt, resume_point, skip_or_clear, sweep_name
+from deepinit.train import run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("deepinit")
+register()  # the settings' schemas, before Hydra composes anything
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -30,39 +33,47 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    num = hydra_cfg.job.num if multirun else None
+    first = rank_zero_only.rank == 0  # under torchrun, one process clears and reports
     with ExitStack() as held:
-        resume = cfg.resume is not None
         if multirun:
             # One process at a time per job. A rerun of the same sweep command lands in the same folders: an
             # interrupted job goes on from its checkpoint, a finished one is kept, the rest run (again).
-            # Under torchrun, one process clears.
-            lock = claim(run_dir, hydra_cfg.job.num, rank_zero_only.rank)
+            lock = claim(run_dir, num, rank_zero_only.rank)
             if lock is None:
                 return
             held.callback(lock.release)
-            resume = (point := resume_point(run_dir, cfg)) is not None
+        try:
+            settings = from_config(cfg)
+        except ConfigError as e:  # refused settings: the run's summary says so, as any failure's does
+            if multirun and first:
+                clear_attempt(run_dir)
+            RunRecord.failed(run_dir, e)
+            if multirun:
+                report_failure(e, f"job {num}")  # a row of the sweep report, not the sweep's end
+                return
+            sys.exit(exit_line(e))
+        resume = settings.run.resume is not None
+        if multirun:
+            resume = (point := resume_point(run_dir, settings)) is not None
             if resume:
-                log.info(f"job {hydra_cfg.job.num}: resuming its interrupted attempt from {point}")
-            elif skip_or_clear(run_dir, cfg, hydra_cfg.job.num, rank_zero_only.rank == 0):
+                log.info(f"job {num}: resuming its interrupted attempt from {point}")
+            elif skip_or_clear(run_dir, settings, num, first):
                 return
         try:
-            summary = run(cfg, run_dir, resume=resume)
+            summary = run(settings, run_dir, resume=resume)
         except RunInterrupted as e:
-            log.warning(f"deepinit: {e.summary['reason']}")  # the console's one line, and the run's log
+            report_interrupted(e)
             raise  # and the sweep stops here
         except Exception as e:
-            message = f"{'data error' if isinstance(e, DataError) else 'error'}: {e}"
-            if multirun:
-                # One job's failure is a row of the sweep report (its summary.json says failed), not the sweep's
-                # end. Bad input or a full disk is one line; anything else is a bug, whose traceback goes to the
-                # job's log.
-                log.error(f"job {hydra_cfg.job.num} failed: {message}", exc_info=not isinstance(e, USER_ERRORS))
+            if multirun:  # one job's failure is a row of the sweep report (its summary.json says failed)
+                report_failure(e, f"job {num}")
                 return
             if isinstance(e, USER_ERRORS):
-                sys.exit(message)  # exit status 1, the message alone on stderr
+                sys.exit(exit_line(e))  # exit status 1, the message alone on stderr
             raise
-    if rank_zero_only.rank == 0:  # under DDP, once
-        log.info(describe_end(summary, Path(cfg.runs_dir)))
+    if first:  # under DDP, once
+        log.info(summary.end_line(Path(settings.run.runs_dir)))
 
 
 def name_the_sweep(argv: list[str]) -> None:
@@ -94,16 +105,23 @@ def resume_command(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    # A config that does not compose (an unknown choice, a misspelled key, a wrong type) is one line here: Hydra
+    # raises it instead of printing its several lines when HYDRA_FULL_ERROR is set. A user who set it gets Hydra's own.
+    hydra_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         sys.argv = resume_command(sys.argv)
-        check_group_choices(sys.argv[1:], CONF_DIR)
         check_runs_dir(sys.argv[1:])
+        name_the_sweep(sys.argv)
+        main()
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    name_the_sweep(sys.argv)
-    try:
-        main()
     except KeyboardInterrupt as e:  # Ctrl-C: the run (a sweep's current job) has said where it stopped
         if not isinstance(e, RunInterrupted):  # outside any run: between a sweep's jobs, say
             print("deepinit: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)  # 128 + SIGINT, as a shell reports a process that Ctrl-C ended
+    except Exception as e:
+        line = None if hydra_full_error else compose_error(e)
+        if line is None:
+            raise
+        sys.exit(f"error: {line}")

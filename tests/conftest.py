@@ -64,12 +64,29 @@ def train_cli(
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, preexec_fn=limit)
 
 
+def init_of(name: str, **options):
+    """Scheme `name`'s settings record with `options` over a test's defaults (gain from the activation, zero biases;
+    LSUV's own as in its yaml): what initialize() takes."""
+    from deepinit.init_schemes import SCHEMES, FixedStdInit, GaussianInit, LsuvInit, init_settings
+
+    record = SCHEMES[name].settings
+    defaults = {"sigma_w2": 1.0, "sigma_b2": 0.0} if record is GaussianInit else {"gain": None, "bias_std": 0.0}
+    if record is FixedStdInit:
+        defaults["std"] = {"normal": 1.0, "small": 0.01}[name]
+    if record is LsuvInit:
+        defaults |= {"tol": 0.1, "max_iter": 10, "batch_size": 512}
+    return init_settings({"name": name, **defaults, **options})
+
+
 def compose_cfg(*overrides: str, data_root: Path = DATA_ROOT):
-    """The composed Hydra config for `overrides`, as scripts/train.py would see it (without hydra.*)."""
+    """The run's Settings for `overrides`, as scripts/train.py makes them from the composed config."""
     from hydra import compose, initialize_config_dir
 
+    from deepinit.settings.hydra import from_config, register
+
+    register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"data.root={data_root}", *overrides])
+        return from_config(compose("train", overrides=[f"data.root={data_root}", *overrides]))
 
 
 def improved(curve, by: float) -> bool:
@@ -106,7 +123,7 @@ def graphs_on_cpu(monkeypatch):
     step counting, the batched halves' order) where no GPU is: the steps want a graph as on CUDA, warm-up
     runs on the current stream, and a "captured" function is re-run on every replay, its gradients written
     afresh as a captured backward writes them. Only torch's capture itself is left to the CUDA tests."""
-    import deepinit.batched as batched
+    import deepinit.batched.group as batched
     import deepinit.fast_step as fast_step
 
     params: list = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved, read_csv, read_events
-from deepinit.batched import StackedMLP, group_key, train_group
+from deepinit.batched import StackedMLP, train_group
 from deepinit.train import build, run
 
 MEMBERS = [("kaiming", 0), ("xavier", 1), ("orthogonal", 2)]
@@ -22,14 +22,14 @@ def lone_and_batched(tmp_path_factory, mnist_root):
     root = tmp_path_factory.mktemp("batched")
     common = ["depth=10", "optim=sgd", "trainer.max_steps=50", "trainer.log_every_n_steps=1"]
     cfgs = [compose_cfg(*common, f"init={init}", f"seed={seed}", data_root=mnist_root) for init, seed in MEMBERS]
-    lone = [run(cfg, root / f"lone_{init}") for cfg, (init, _) in zip(cfgs, MEMBERS, strict=True)]
-    batched = train_group(cfgs, [root / f"batched_{init}" for init, _ in MEMBERS])
+    lone = [run(cfg, root / f"lone_{init}").to_json() for cfg, (init, _) in zip(cfgs, MEMBERS, strict=True)]
+    batched = [s.to_json() for s in train_group(cfgs, [root / f"batched_{init}" for init, _ in MEMBERS])]
     return root, cfgs, lone, batched
 
 
 def test_members_start_from_the_weights_they_get_alone(mnist_module):
     cfgs = [compose_cfg("depth=6", f"init={init}", f"seed={seed}") for init, seed in MEMBERS]
-    assert len({group_key(cfg) for cfg in cfgs}) == 1
+    assert len({cfg.group_key() for cfg in cfgs}) == 1
     alone = [build(cfg, mnist_module)[1].model for cfg in cfgs]
     stack = StackedMLP([build(cfg, mnist_module)[1].model for cfg in cfgs])
     for k, model in enumerate(alone):
@@ -88,10 +88,11 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mnist_root)
     common = ["depth=50", "trainer.max_steps=30", "trainer.log_every_n_steps=1"]
     kaiming_cfg = compose_cfg(*common, "init=kaiming", "seed=0", data_root=mnist_root)
     normal_cfg = compose_cfg(*common, "init=normal", "seed=0", data_root=mnist_root)  # overflows in step 0
-    lone_normal = run(normal_cfg, tmp_path / "lone_normal")
+    lone_normal = run(normal_cfg, tmp_path / "lone_normal").to_json()
     xavier_cfg = compose_cfg(*common, "init=xavier", "seed=0", data_root=mnist_root)
     kaiming_alone, _ = train_group([kaiming_cfg, xavier_cfg], [tmp_path / "kaiming_alone", tmp_path / "xavier"])
     kaiming, normal = train_group([kaiming_cfg, normal_cfg], [tmp_path / "kaiming", tmp_path / "normal"])
+    kaiming_alone, kaiming, normal = kaiming_alone.to_json(), kaiming.to_json(), normal.to_json()
     assert normal["status"] == "diverged" and normal["metrics"]["test_acc"] is None
     for key in ("step", "layer", "epoch"):
         assert normal["divergence"][key] == lone_normal["divergence"][key], key
@@ -132,7 +133,7 @@ def graph_group_against_eager_group(tmp_path, mnist_root, accelerator: str) -> N
     for fast in ("true", "false"):
         overrides = [*common, f"fast={fast}", *([] if fast == "true" else ["+optim.fused=true"])]
         cfgs = [compose_cfg(*overrides, f"init={i}", f"seed={s}", data_root=mnist_root) for i, s in members]
-        out[fast] = train_group(cfgs, [tmp_path / fast / init for init, _ in members])
+        out[fast] = [s.to_json() for s in train_group(cfgs, [tmp_path / fast / init for init, _ in members])]
     graph, eager = out["true"], out["false"]
     assert [s["training_step"] for s in graph] == ["batched, CUDA graph"] * 3
     assert [s["status"] for s in graph] == [s["status"] for s in eager] == ["ok", "diverged", "ok"]

@@ -42,25 +42,25 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
         data_root=mnist_root,
     )
     summary = run(cfg, tmp_path)
-    assert summary["status"] == status
+    assert summary.status == status
     shown = []
     start, metrics = hparams_data(tmp_path, shown)
     # the study's columns open ticked (TensorBoard ticks at most five), optimizer, lr and seed in one of them
     assert sorted(shown) == ["activation", "depth", "init", "optimizer, lr, seed", "width"]
     assert start["optimizer, lr, seed"] == "adam, 0.0003, 0"
     # the theory's verdict on the init: kaiming + relu is critical (xi_c infinite), normal's sigma_w^2 = 256 explodes
-    theory = summary["theory"]
-    assert start["theory/chi_1"] == pytest.approx(theory["chi_1"]) and start["theory/xi_c"] == theory["xi_c"]
-    assert start["theory/depth_over_xi_c"] == pytest.approx(depth / theory["xi_c"])
-    assert (theory["phase"], theory["chi_1"]) == (("critical", 1.0) if init == "kaiming" else ("chaotic", 128.0))
+    theory = summary.theory
+    assert start["theory/chi_1"] == pytest.approx(theory.chi_1) and start["theory/xi_c"] == theory.xi_c
+    assert start["theory/depth_over_xi_c"] == pytest.approx(depth / theory.xi_c)
+    assert (theory.phase, theory.chi_1) == (("critical", 1.0) if init == "kaiming" else ("chaotic", 128.0))
     assert start["init"] == init and start["depth"] == depth and start["optimizer"] == "adam"
     assert start["lr"] == pytest.approx(3e-4) and start["activation"] == "relu" and start["data"] == "MNIST"
-    assert set(metrics) == set(summary["hparams_metrics"]) and "hp_metric" not in metrics
+    assert set(metrics) == set(summary.hparams_metrics) and "hp_metric" not in metrics
     events = read_events(tmp_path)
     final = {tag: events.Scalars(tag)[-1].value for tag in metrics}
     assert final["final/diverged"] == (status == "diverged")
     if status == "ok":
-        assert final["final/test_acc"] == pytest.approx(summary["metrics"]["test_acc"])
+        assert final["final/test_acc"] == pytest.approx(summary.metrics.test_acc)
         assert final["final/divergence_step"] == -1
         # kaiming + relu holds the forward signal: ln(m_last / m_first) at step 0 is within the band's few sd
         assert abs(final["final/step0_ln_act_sqr_last_over_first"]) < 1

@@ -93,7 +93,9 @@ def test_a_bad_setting_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
     done = train_cli("-m", "hydra/launcher=batched", *TINY, "depth=1", runs_dir=tmp_path, data_root=mnist_root)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-2000:]  # a row each, as with the basic one
-    assert "batched group failed: ConfigError: depth must be an integer >= 2 (got 1)" in output
+    # refused settings are each job's own failure (checked before any group forms), one line each
+    for job in (0, 1):
+        assert f"job {job} failed: ConfigError: depth must be an integer >= 2 (got 1)" in output
     _, summaries = _summaries(tmp_path)
     assert [s["reason"] for s in summaries] == ["depth must be an integer >= 2 (got 1)"] * 2  # a lone run's line
 

@@ -26,7 +26,7 @@ def test_step0_statistics_in_event_files_equal_a_direct_computation(tmp_path, mn
     initial = copy.deepcopy(module.model)
     x, _ = next(iter(datamodule.train_dataloader()))
     summary = run(cfg, tmp_path)
-    assert summary["status"] == "ok"
+    assert summary.status == "ok"
 
     with torch.no_grad():
         pre, post, h = [], [], x.flatten(1)
@@ -121,7 +121,7 @@ def test_every_activation_at_depth_2_and_100(tmp_path, mnist_root, activation, d
         "trainer.limit_val_batches=0",
         data_root=mnist_root,
     )
-    assert run(cfg, tmp_path)["status"] == "ok"
+    assert run(cfg, tmp_path).status == "ok"
     table = read_csv(tmp_path)
     assert sorted(table[(1, "gradients", "sqr")]) == list(range(1, depth + 1))
     assert sorted(table[(1, "activations", "sqr")]) == list(range(1, depth))
@@ -145,12 +145,12 @@ def test_every_activation_at_depth_2_and_100(tmp_path, mnist_root, activation, d
 def test_divergence_is_reported_at_the_layer_the_message_names(tmp_path, mnist_root):
     cfg = compose_cfg("init=normal", "depth=50", "trainer.max_steps=3", *QUICK[:2], data_root=mnist_root)
     summary = run(cfg, tmp_path)
-    assert summary["status"] == "diverged"
+    assert summary.status == "diverged"
     table = read_csv(tmp_path)
     # A layer's output is its activation's (the last layer's is its pre-activation, the logits).
     outputs = {**table[(0, "preactivations", "nonfinite")], **table[(0, "activations", "nonfinite")]}
     first_bad = min(layer for layer, frac in outputs.items() if frac > 0)
-    assert first_bad == summary["divergence"]["layer"]
+    assert first_bad == summary.divergence.layer
     events = read_events(tmp_path)
     # Layer statistics keep non-finite values out of the charts (the run's final/* HParams metrics are NaN
     # where a diverged run measured nothing, e.g. final/test_acc: that is the table's "not measured").

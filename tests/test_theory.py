@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, read_csv
+from conftest import compose_cfg, init_of, read_csv
 from deepinit import stats, theory
 from deepinit.activations import ACTIVATIONS
 from deepinit.init_schemes import initialize
@@ -87,7 +87,7 @@ def monte_carlo_q(activation, scheme, depth=12, width=256, draws=12, seed=0):
     for _ in range(draws):
         model = MLP(depth=depth, width=width, activation=activation).double()
         gain = 1.0 if scheme in ("lecun", "xavier") else ACTIVATIONS[activation].gain
-        initialize(model, scheme, gain=gain)
+        initialize(model, init_of(scheme, gain=gain))
         with torch.no_grad():
             h, row = x, []
             for linear, act in model.layers():
@@ -119,7 +119,7 @@ def test_backward_prediction_against_monte_carlo(activation):
     ratios = []
     for _ in range(draws):
         model = MLP(depth=depth, width=256, activation=activation).double()
-        initialize(model, "kaiming")
+        initialize(model, init_of("kaiming"))
         outs = []
         h = x
         for linear, act in model.layers():
@@ -183,7 +183,7 @@ def test_step0_profile_on_real_mnist_lies_within_the_predicted_band(tmp_path, mn
         "trainer.enable_checkpointing=false",
         data_root=mnist_root,
     )
-    assert run(cfg, tmp_path)["status"] == "ok"
+    assert run(cfg, tmp_path).status == "ok"
     table = read_csv(tmp_path)
     log_ratio = table[(0, "theory", "log_ratio_preactivations_sqr")]
     sd = table[(0, "theory", "log_sd_preactivations")]
@@ -219,7 +219,7 @@ def test_isometry_theory_and_hutchinson_estimate_against_exact_spectra(activatio
     depth, width = 12, 128
     model = MLP(depth=depth, width=width, activation=activation).double()
     gain = 1.0 if scheme == "xavier" else ACTIVATIONS[activation].gain
-    initialize(model, scheme, gain=gain)
+    initialize(model, init_of(scheme, gain=gain))
     x1 = model.activations[0](model.linears[0](torch.randn(16, 784, dtype=torch.float64)))
     hidden = range(1, depth - 1)
     pairs = [(model.linears[i], model.activations[i]) for i in hidden]

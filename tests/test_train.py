@@ -128,7 +128,7 @@ def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    assert run(cfg, tmp_path / "run")["status"] == "ok"
+    assert run(cfg, tmp_path / "run").status == "ok"
     assert torch.rand(3).equal(expected)  # the run's seed_everything(1234) did not move this process's stream
     assert os.environ.get("PL_GLOBAL_SEED") == seed_env != "1234"
     assert not torch.are_deterministic_algorithms_enabled()

@@ -17,9 +17,8 @@ from deepinit.recorder import LayerRecorder
 
 
 class LayerStats(L.Callback):
-    def __init__(self, recorder: LayerRecorder | None = None, **settings: Any) -> None:
-        """recorder, or the settings to make one with (LayerRecorder's)."""
-        self.recorder = recorder if recorder is not None else LayerRecorder(**settings)
+    def __init__(self, recorder: LayerRecorder) -> None:
+        self.recorder = recorder
         self.active = False
 
     @property

@@ -32,10 +32,15 @@ class MLP(nn.Module):
             raise ValueError(f"depth must be >= 2 (got {depth})")
         if width < 1:
             raise ValueError(f"width must be >= 1 (got {width})")
-        sizes = [in_features] + [width] * (depth - 1) + [out_features]
+        sizes = self.sizes(depth, width, in_features, out_features)
         self.activation = activation
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.activations = nn.ModuleList(record.module() for _ in range(depth - 1))
+
+    @staticmethod
+    def sizes(depth: int, width: int, in_features: int = 784, out_features: int = 10) -> list[int]:
+        """The widths of the layers' inputs and of the last output: layer i maps sizes[i] to sizes[i + 1]."""
+        return [in_features] + [width] * (depth - 1) + [out_features]
 
     @property
     def depth(self) -> int:

@@ -2,7 +2,7 @@
 
 Two training steps give the same training: the fast one (deepinit.fast_step: fused optimizer, no host sync,
 a CUDA graph on CUDA; Lightning's manual optimization) and the plain eager one (automatic optimization), which
-`fast=false` chooses and which runs wherever the fast one cannot (see `fast_blocker`).
+`fast=false` chooses and which runs wherever the fast one cannot (deepinit.steps says where).
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.optimizer import LightningOptimizer
-from torch import Tensor, nn
+from torch import Tensor
 
 from deepinit.fast_step import FastStep, fused_optimizer
 from deepinit.model import MLP
+from deepinit.private_api import align_logging_step, count_replayed_update
+from deepinit.steps import FAST, why_not
+from deepinit.summary import Divergence
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,6 @@ def logs_now(trainer: L.Trainer, batch_idx: int) -> bool:
     return step % max(trainer.log_every_n_steps, 1) == 0 or last
 
 
-def count_replayed_update(optimizer: LightningOptimizer) -> None:
-    """Count a replayed CUDA graph's update as the optimizer step it is. Under manual optimization Lightning counts
-    global_step in these two hooks, which LightningOptimizer.step calls around the torch optimizer's step; a replay
-    runs that step's kernels without the call, and Lightning has no public way to count a step it did not run."""
-    optimizer._on_before_step()
-    optimizer._on_after_step()
-
-
 class Classifier(L.LightningModule):
     def __init__(
         self, model: MLP, optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer], fast: bool = True
@@ -63,26 +57,13 @@ class Classifier(L.LightningModule):
         # where it costs nothing, every log_every_n_steps on CUDA, where each read stalls the GPU's queue.
         self.check_every: int | None = None
         self.fast_step: FastStep | None = None
-        self.divergence: dict[str, Any] | None = None
+        self.divergence: Divergence | None = None
         self.val_acc_history: list[float] = []
-
-    def fast_blocker(self) -> str | None:
-        """Why the fast step cannot run in this trainer, or None when it can."""
-        trainer, device = self.trainer, self.trainer.strategy.root_device
-        if trainer.world_size > 1:
-            return "several processes (DDP): the divergence check must agree across them every step"
-        if trainer.precision not in ("32-true", "64-true"):
-            return f"precision {trainer.precision} (the fast step skips updates its own way, not through a grad scaler)"
-        if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
-            return "gradient clipping or accumulation (Lightning's automatic optimization does those)"
-        if fused_optimizer(self.optimizer_factory, [nn.Parameter(torch.zeros(1, device=device))], False) is None:
-            return f"the optimizer has no fused implementation on {device.type}"
-        return None
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        blocker = self.fast_blocker() if self.fast else None
+        blocker = why_not(FAST, self.trainer, self.optimizer_factory) if self.fast else None
         self.automatic_optimization = not self.fast or blocker is not None
         if blocker is not None:
             log.info(f"fast step off: {blocker}")
@@ -109,12 +90,7 @@ class Classifier(L.LightningModule):
         # Under DDP every process must agree to skip, or the others would wait for its gradients forever.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             # Divergence is a result of the study, not a crash: record where, skip this update, stop.
-            self.divergence = {
-                "step": self.global_step,
-                "epoch": self.current_epoch,
-                "loss": loss.item(),
-                "layer": self.model.first_nonfinite_layer(batch[0]),
-            }
+            self.divergence = Divergence.at(self.global_step, self.current_epoch, loss.item(), self.model, batch[0])
             self.trainer.should_stop = True
             return None
         self.log("train/loss", loss, prog_bar=True)
@@ -136,13 +112,9 @@ class Classifier(L.LightningModule):
             return
         state = self.fast_step.read()
         if state["diverged_at"] is not None:
-            self.divergence = {
-                "step": state["diverged_at"],
-                "epoch": self.current_epoch,
-                "loss": state["diverged_loss"],
-                # the weights have not moved since (every update was skipped): this is the eager step's answer
-                "layer": self.model.first_nonfinite_layer(state["diverged_x"]),
-            }
+            # the weights have not moved since (every update was skipped): this is the eager step's answer
+            at, loss, x = state["diverged_at"], state["diverged_loss"], state["diverged_x"]
+            self.divergence = Divergence.at(at, self.current_epoch, loss, self.model, x)
             trainer.should_stop = True
             return
         if log_now:  # host tensors: the progress bar reads them every step, on the GPU a sync each time
@@ -162,12 +134,8 @@ class Classifier(L.LightningModule):
             self.val_acc_history.append(self.trainer.callback_metrics["val/acc"].item())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Resumed after Ctrl-C: Lightning bumps its logging-step counter by one on a restart, as if the checkpoint
-        # had been saved at a batch's end; a Ctrl-C checkpoint is taken mid-batch, so the counter would run one
-        # ahead of the optimizer steps (which it equals without accumulation) and the logged steps would shift.
-        loop, trainer = self.trainer.fit_loop.epoch_loop, self.trainer
-        if trainer.accumulate_grad_batches == 1 and loop._batches_that_stepped != trainer.global_step:
-            loop._batches_that_stepped = trainer.global_step
+        # Resumed after Ctrl-C: the Ctrl-C checkpoint is taken mid-batch, and the logged steps would run one ahead
+        align_logging_step(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_history"] = self.val_acc_history  # best_val_acc of a resumed run spans all its epochs

@@ -16,6 +16,7 @@ import numpy as np
 
 from deepinit import theory
 from deepinit.figures import plt
+from deepinit.summary import FINISHED, Summary
 
 TRAINED = 0.5  # test accuracy after the budget that counts as trained (chance is 0.1; runs land near one or the other)
 COLUMNS = ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_acc", "xi_c", "depth_over_xi_c",
@@ -27,27 +28,26 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     A diverged run did not train; its accuracy is chance's empty value."""
     out = []
     for job in jobs:
-        summary = job.get("_summary") or {}
-        t = summary.get("theory")
-        if job["status"] not in ("ok", "diverged") or not t:
+        summary: Summary | None = job.get("_summary")
+        if summary is None or summary.status not in FINISHED or summary.theory is None:
             continue
-        metrics = summary.get("metrics") or {}
-        budget = (summary.get("settings") or {}).get("trainer", {}).get("max_steps")
-        test_acc = metrics.get("test_acc") if job["status"] == "ok" else None
+        t, metrics, ok = summary.theory, summary.metrics, summary.status == "ok"
+        budget = (summary.settings or {}).get("trainer", {}).get("max_steps")
+        test_acc = metrics.test_acc if ok and metrics else None
         out.append(
             {
-                "sigma_w2": round(t["sigma_w2"], 6),
-                "sigma_b2": round(t["sigma_b2"], 6),
-                "depth": t["depth"],
-                "steps": budget if budget and budget > 0 else summary.get("steps"),
-                "seed": (summary.get("config") or {}).get("seed"),
-                "train_acc": metrics.get("train_acc") if job["status"] == "ok" else None,
+                "sigma_w2": round(t.sigma_w2, 6),
+                "sigma_b2": round(t.sigma_b2, 6),
+                "depth": t.depth,
+                "steps": budget if budget and budget > 0 else summary.steps,
+                "seed": (summary.config or {}).get("seed"),
+                "train_acc": metrics.train_acc if ok and metrics else None,
                 "test_acc": test_acc,
-                "xi_c": float(t["xi_c"]),  # summary.json writes inf as "inf"
-                "depth_over_xi_c": float(t["depth_over_xi_c"]),
+                "xi_c": t.xi_c,
+                "depth_over_xi_c": t.depth_over_xi_c,
                 "trainable": test_acc is not None and test_acc >= TRAINED,
-                "predicted": t["within"],  # depth < 6 xi_c, as the run's verdict said
-                "activation": t["activation"],
+                "predicted": t.within,  # depth < 6 xi_c, as the run's verdict said
+                "activation": t.activation,
             }
         )
     return sorted(out, key=lambda r: (r["steps"], r["sigma_w2"], r["depth"], r["seed"] or 0))

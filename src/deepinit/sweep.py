@@ -7,76 +7,52 @@ time, so rerunning the same command finds the same folder, where the jobs that a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from filelock import BaseFileLock, FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
+
+from deepinit.summary import FINISHED, Summary
+
+if TYPE_CHECKING:
+    from deepinit.settings.records import Settings
 
 log = logging.getLogger(__name__)
 
-# The settings that do not change a run's results (where it writes, what it reads from, how many threads): a
-# sweep's name leaves them out, a rerun compares its settings without them, a batched group lets them differ.
-RESULT_NEUTRAL = {"runs_dir", "data.root", "force", "sweep_name", "threads", "resume"}
-FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
 MAX_NAME = 100
 
 
 def sweep_name(overrides: Sequence[str]) -> str:
-    """`sweep_<overrides>` for a multirun's command-line overrides: readable, stable, one path component."""
-    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in RESULT_NEUTRAL]
+    """`sweep_<overrides>` for a multirun's command-line overrides: readable, stable, one path component; the keys
+    that do not change results (Settings.NEUTRAL) are left out."""
+    from deepinit.settings.records import Settings
+
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in Settings.NEUTRAL]
     name = re.sub(r"[^\w=,.+-]", "-", "_".join(kept)) or "defaults"
     if len(name) > MAX_NAME:  # keep it readable and unique: a prefix and a hash of the whole
         name = f"{name[: MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return f"sweep_{name}"
 
 
-def result_settings(settings: dict[str, Any], also: Sequence[str] = ()) -> dict[str, Any]:
-    """The settings that decide a run's results: a job's full config, JSON-normalized, without RESULT_NEUTRAL
-    (and the dotted keys `also` names)."""
-    settings = json.loads(json.dumps(settings))
-    for key in (*RESULT_NEUTRAL, *also):
-        *parents, leaf = key.split(".")
-        node = settings
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return settings
-
-
 INTERRUPTED_CHECKPOINT = "checkpoints/interrupted.ckpt"  # what Ctrl-C leaves (deepinit.train.InterruptCheckpoint)
 
 
-def earlier_summary(job_dir: Path) -> dict[str, Any] | None:
-    """The summary.json an earlier attempt at this job wrote, or None."""
-    try:
-        return json.loads((Path(job_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def same_settings(summary: dict[str, Any], cfg: DictConfig) -> bool:
-    """Whether an earlier attempt ran with the settings that decide a run's results."""
-    return result_settings(summary.get("settings") or {}) == result_settings(OmegaConf.to_container(cfg, resolve=True))
-
-
-def resume_point(job_dir: Path, cfg: DictConfig) -> Path | None:
+def resume_point(job_dir: Path, settings: Settings) -> Path | None:
     """The checkpoint an interrupted attempt with these settings left, to go on from, else None."""
-    summary = earlier_summary(job_dir)
+    summary = Summary.read(job_dir)
     checkpoint = Path(job_dir) / INTERRUPTED_CHECKPOINT
-    interrupted = summary is not None and summary.get("status") == "interrupted" and same_settings(summary, cfg)
+    interrupted = summary is not None and summary.status == "interrupted" and settings.same_results(summary.settings)
     return checkpoint if interrupted and checkpoint.is_file() else None
 
 
-def finished_summary(job_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+def finished_summary(job_dir: Path, settings: Settings) -> Summary | None:
     """The summary of an earlier attempt at this job if it finished with the same settings, else None."""
-    summary = earlier_summary(job_dir)
-    finished = summary is not None and summary.get("status") in FINISHED and same_settings(summary, cfg)
+    summary = Summary.read(job_dir)
+    finished = summary is not None and summary.status in FINISHED and settings.same_results(summary.settings)
     return summary if finished else None
 
 
@@ -127,12 +103,12 @@ def running_elsewhere(job_dir: Path) -> bool:
     return False
 
 
-def skip_or_clear(job_dir: Path, cfg: DictConfig, job_num: int, clear: bool = True) -> dict[str, Any] | None:
+def skip_or_clear(job_dir: Path, settings: Settings, job_num: int, clear: bool = True) -> Summary | None:
     """A sweep job's start: the earlier summary when that attempt finished with these settings (the job is then
-    skipped, unless cfg.force), else None, after clearing what an unfinished attempt left (where `clear`)."""
-    done = finished_summary(job_dir, cfg)
-    if done is not None and not cfg.force:
-        log.info(f"job {job_num} skipped: {done['status']} in an earlier run (force=true reruns it)")
+    skipped, unless force=true), else None, after clearing what an unfinished attempt left (where `clear`)."""
+    done = finished_summary(job_dir, settings)
+    if done is not None and not settings.run.force:
+        log.info(f"job {job_num} skipped: {done.status} in an earlier run (force=true reruns it)")
         return done
     if clear and (removed := clear_attempt(job_dir)):
         log.info(f"job {job_num}: replacing an earlier attempt ({', '.join(removed)})")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepinit.activations import ACTIVATIONS
-from deepinit.init_schemes import SCHEMES
+from deepinit.init_schemes import SCHEMES, bias_variance
 
 # Gauss-Hermite (probabilists') nodes and weights: E f(z), z ~ N(0,1) = sum w_i f(x_i) / sqrt(2 pi). An even
 # count keeps a node off z = 0, where selu's and relu's derivatives jump (an odd count put its largest weight
@@ -171,12 +171,8 @@ def predict_model(
     else:
         sigma_w2 = [measured_sigma_w2(lin.weight) for lin in model.linears]
         note = f"sigma_w^2 measured from the weights {scheme} produced (its scale has no closed form)"
-    if model.linears[0].bias is None:
-        sigma_b2: float | list[float] = 0.0
-    elif bias_std is None:  # nn.Linear's own bias: U(+-1/sqrt(fan_in))
-        sigma_b2 = [1 / (3 * fan_in) for fan_in, _ in shapes]
-    else:
-        sigma_b2 = bias_std**2
+    has_bias = model.linears[0].bias is not None
+    sigma_b2 = [bias_variance(bias_std, fan_in) if has_bias else 0.0 for fan_in, _ in shapes]
     orthogonal = SCHEMES[scheme].orthogonal
     return predict(model.activation, sigma_w2, shapes, input_sqr, sigma_b2, orthogonal), note
 
@@ -347,12 +343,33 @@ def correlation_profile(
     return out
 
 
+@dataclass
+class Trainability:
+    """The verdict on a run's init before its first step (summary.json's `theory`): the depth scales at its hidden
+    layers' (sigma_w^2, sigma_b^2) (depth_scales' keys), its depth against them, and what the theory assumed."""
+
+    sigma_w2: float
+    sigma_b2: float
+    activation: str
+    depth: int
+    q_star: float
+    chi_1: float
+    c_star: float
+    chi_c: float
+    xi_q: float
+    xi_c: float
+    phase: str
+    trainable_depth: float
+    depth_over_xi_c: float
+    within: bool  # depth < 6 xi_c
+    assumed: list[str]
+
+
 def trainability(
     model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0
-) -> dict[str, Any]:
+) -> Trainability:
     """depth_scales at the (sigma_w^2, sigma_b^2) of an initialized `deepinit.model.MLP`'s hidden layers, with
-    the network's depth against them and what was assumed: {sigma_w2, sigma_b2, activation, depth, ...depth_scales,
-    depth_over_xi_c, within (depth < 6 xi_c), assumed: [notes]}."""
+    the network's depth against them and what was assumed."""
     linears = model.linears
     hidden = [lin for lin in linears[1:-1] if lin.in_features == lin.out_features] or [linears[0]]
     fan_in, fan_out = hidden[0].in_features, hidden[0].out_features
@@ -368,38 +385,26 @@ def trainability(
             f"the {fan_in}x{fan_out} layers' scales; layer 1 ({first.in_features} -> {first.out_features}) only"
             " sets the inputs' q and c"
         )
-    if first.bias is None:
-        sigma_b2 = 0.0
-    elif bias_std is None:  # nn.Linear's own bias, U(+-1/sqrt(fan_in))
-        sigma_b2 = 1 / (3 * fan_in)
-    else:
-        sigma_b2 = float(bias_std) ** 2
+    sigma_b2 = 0.0 if first.bias is None else bias_variance(bias_std, fan_in)
     scales = depth_scales(model.activation, sigma_w2, sigma_b2)
     depth = model.depth
-    return {
-        "sigma_w2": sigma_w2,
-        "sigma_b2": sigma_b2,
-        "activation": model.activation,
-        "depth": depth,
-        **scales,
-        "depth_over_xi_c": depth / scales["xi_c"],
-        "within": depth < scales["trainable_depth"],
-        "assumed": assumed,
-    }
+    return Trainability(
+        sigma_w2=sigma_w2, sigma_b2=sigma_b2, activation=model.activation, depth=depth, **scales,
+        depth_over_xi_c=depth / scales["xi_c"], within=depth < scales["trainable_depth"], assumed=assumed,
+    )  # fmt: skip
 
 
-def verdict(t: dict[str, Any]) -> str:
+def verdict(t: Trainability) -> str:
     """The one line a run prints before its first step (docs/trainability.md):
     theory: sigma_w^2=2.5 sigma_b^2=0.05 tanh: chaotic (chi_1=1.134), xi_c=11.8, trains to about 6 xi_c = 71
     layers; depth 50 is within it"""
-    head = f"theory: sigma_w^2={t['sigma_w2']:.4g} sigma_b^2={t['sigma_b2']:.4g} {t['activation']}"
-    where = "within it" if t["within"] else f"beyond it ({t['depth']} layers = {t['depth_over_xi_c']:.3g} xi_c)"
-    if math.isinf(t["xi_c"]):
-        reach = f"xi_c infinite: no depth limit from the theory; depth {t['depth']} is within it"
+    head = f"theory: sigma_w^2={t.sigma_w2:.4g} sigma_b^2={t.sigma_b2:.4g} {t.activation}"
+    where = "within it" if t.within else f"beyond it ({t.depth} layers = {t.depth_over_xi_c:.3g} xi_c)"
+    if math.isinf(t.xi_c):
+        reach = f"xi_c infinite: no depth limit from the theory; depth {t.depth} is within it"
     else:
         reach = (
-            f"xi_c={t['xi_c']:.3g}, trains to about 6 xi_c = {t['trainable_depth']:.0f} layers; depth {t['depth']}"
-            f" is {where}"
+            f"xi_c={t.xi_c:.3g}, trains to about 6 xi_c = {t.trainable_depth:.0f} layers; depth {t.depth} is {where}"
         )
-    line = f"{head}: {t['phase']} (chi_1={t['chi_1']:.4g}), {reach}"
-    return line + "".join(f"; assumed: {note}" for note in t["assumed"])
+    line = f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}"
+    return line + "".join(f"; assumed: {note}" for note in t.assumed)

@@ -1,8 +1,6 @@
-"""One study run: build data, model, init and trainer from a Hydra config; train, test, summarize.
+"""One study run: build data, model, init and trainer from the run's Settings; train, test, summarize.
 
-`run(cfg, run_dir)` is the whole job and returns the summary it writes to `run_dir/summary.json`.
-`check_group_choices` lets the command line reject an unknown config-group choice in one line, before
-Hydra composes anything.
+`run(settings, run_dir)` is the whole job and returns the Summary it writes to `run_dir/summary.json`.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import random
 import signal
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,22 +19,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
-from omegaconf import DictConfig, OmegaConf
 
 from deepinit import theory
-from deepinit.activations import ACTIVATIONS
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
-from deepinit.lifecycle import ConfigError, RunRecord
+from deepinit.lifecycle import RunRecord
 from deepinit.model import MLP
 from deepinit.module import Classifier
+from deepinit.private_api import reruns_the_script, spawns_processes
+from deepinit.provision import DATASETS
 from deepinit.recorder import LayerRecorder
+from deepinit.settings.records import RunSettings, Settings
+from deepinit.settings.rules import ConfigError
+from deepinit.summary import Summary
 from deepinit.sweep import INTERRUPTED_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -63,104 +59,15 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             super().on_exception(trainer, *args, **kwargs)
 
 
-def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
-    """Raise ConfigError for `group=choice` overrides (comma lists too) naming no file in conf/<group>/."""
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        group = conf_dir / key
-        if not sep or not group.is_dir() or "(" in value or "*" in value or key.startswith("hydra/"):
-            continue  # plain values, sweep functions and hydra/* groups (plugins add choices) are Hydra's to check
-        choices = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in choices:
-                raise ConfigError(f"unknown {key} {choice!r}; choose one of: {', '.join(choices)}")
-
-
-def check_runs_dir(overrides: Sequence[str]) -> None:
-    """Raise ConfigError when a `runs_dir=` override names a folder that cannot be made: Hydra makes the run's
-    folder before any of our code runs, and would answer with a traceback."""
-    values = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("runs_dir=")]
-    if not values or "," in values[-1]:
-        return
-    try:
-        Path(values[-1]).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(
-            f"runs_dir={values[-1]} cannot be made ({e.strerror}); choose a folder you can write to"
-        ) from None
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
-
-
-def validate(cfg: DictConfig) -> None:
-    checks = [
-        (isinstance(cfg.depth, int) and cfg.depth >= 2, f"depth must be an integer >= 2 (got {cfg.depth})"),
-        (isinstance(cfg.width, int) and cfg.width >= 1, f"width must be an integer >= 1 (got {cfg.width})"),
-        (
-            cfg.activation in ACTIVATIONS,
-            f"unknown activation {cfg.activation!r}; choose one of: {', '.join(ACTIVATIONS)}",
-        ),
-        (
-            cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1),
-            f"threads must be null or an integer >= 1 (got {cfg.threads})",
-        ),
-        (isinstance(cfg.fast, bool), f"fast must be true or false (got {cfg.fast})"),
-        (
-            cfg.matmul_precision in MATMUL_PRECISIONS,
-            f"unknown matmul_precision {cfg.matmul_precision!r}; choose one of: {', '.join(MATMUL_PRECISIONS)}",
-        ),
-        (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"seed must be an integer (got {cfg.seed!r})"),
-        (_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be a number > 0 (got {cfg.optim.lr})"),
-        (
-            isinstance(cfg.data.batch_size, int) and cfg.data.batch_size >= 1,
-            f"data.batch_size must be an integer >= 1 (got {cfg.data.batch_size})",
-        ),
-        (
-            isinstance(cfg.data.eval_batch_size, int) and cfg.data.eval_batch_size >= 1,
-            f"data.eval_batch_size must be an integer >= 1 (got {cfg.data.eval_batch_size})",
-        ),
-    ]
-    if cfg.init.name == "gaussian":
-        sw2, sb2 = cfg.init.sigma_w2, cfg.init.sigma_b2
-        checks += [
-            (_number(sw2) and sw2 > 0, f"init.sigma_w2 must be a number > 0 (got {sw2})"),
-            (_number(sb2) and sb2 >= 0, f"init.sigma_b2 must be a number >= 0 (got {sb2})"),
-        ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    if (settings := stats_settings(cfg)) is not None:
-        try:
-            LayerRecorder(**settings)  # the recorder checks its own settings; here they are the stats.* keys
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-
-
-def stats_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    """The LayerRecorder's settings from `stats.*`; None for stats=off."""
-    settings = OmegaConf.to_container(cfg.stats, resolve=True)
-    return settings if settings.pop("enabled") else None
-
-
-def check_strategy(trainer: L.Trainer) -> None:
+def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
     """Raise ConfigError for the multi-process set-ups this study cannot run correctly."""
     launcher = trainer.strategy.launcher
-    if isinstance(launcher, _MultiProcessingLauncher):
+    if spawns_processes(launcher):
         raise ConfigError(
             "trainer.strategy=ddp_spawn (or ddp_fork, ddp_notebook) keeps a run's history in the processes it starts, "
             "where its summary cannot read it; use trainer.strategy=ddp for one run, torchrun for a sweep (README)"
         )
-    in_multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if (
-        in_multirun
-        and isinstance(launcher, _SubprocessScriptLauncher)
-        and not launcher.cluster_environment.creates_processes_externally
-    ):
+    if multirun and reruns_the_script(launcher):
         raise ConfigError(
             "trainer.strategy=ddp inside -m: Lightning would start each extra process by re-running the whole sweep; "
             "run the sweep as torchrun --nproc_per_node=<devices> scripts/train.py -m ..., or with "
@@ -168,56 +75,49 @@ def check_strategy(trainer: L.Trainer) -> None:
         )
 
 
+def model_of(settings: Settings) -> MLP:
+    """The run's MLP (not yet initialized), its first and last layers shaped by the data set."""
+    m, data = settings.model, DATASETS[settings.data.dataset]
+    return MLP(m.depth, m.width, m.activation, in_features=data.features, out_features=data.classes, bias=m.bias)
+
+
 def build(
-    cfg: DictConfig, datamodule: L.LightningDataModule | None = None
+    settings: Settings, datamodule: L.LightningDataModule | None = None
 ) -> tuple[L.LightningDataModule, Classifier, dict[str, Any]]:
     """Data module (set up on the CPU unless given), initialized model wrapped for Lightning, what init used."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(settings.run.seed, workers=True, verbose=False)
     if datamodule is None:
-        datamodule = instantiate(cfg.data)
+        datamodule = settings.data.make()
         datamodule.setup("fit")
-    model = MLP(depth=cfg.depth, width=cfg.width, activation=cfg.activation, bias=cfg.bias)
-    init_cfg = OmegaConf.to_container(cfg.init, resolve=True)
+    model = model_of(settings)
     # Data-dependent schemes (lsuv) name the size of the real training batch they measure on.
-    batch = datamodule.sample_batch(init_cfg.pop("batch_size"), seed=cfg.seed) if "batch_size" in init_cfg else None
-    init_used = initialize(model, batch=batch, **init_cfg)
-    return datamodule, Classifier(model, instantiate(cfg.optim), fast=cfg.fast), init_used
+    size = settings.init.data_batch_size()
+    batch = None if size is None else datamodule.sample_batch(size, seed=settings.run.seed)
+    init_used = initialize(model, settings.init, batch=batch)
+    return datamodule, Classifier(model, settings.optim.factory(), fast=settings.run.fast), init_used
 
 
-def layer_recorder(cfg: DictConfig, init_used: dict[str, Any]) -> LayerRecorder | None:
-    """The run's LayerRecorder as `stats=` configures it (checked by validate), with the init's theory; None for
-    stats=off."""
-    settings = stats_settings(cfg)
-    return None if settings is None else LayerRecorder(**settings, theory=theory_inputs(cfg, init_used))
+def layer_recorder(settings: Settings, init_used: dict[str, Any]) -> LayerRecorder | None:
+    """The run's LayerRecorder as `stats=` configures it, with the init's theory; None for stats=off."""
+    if not settings.stats.enabled:
+        return None
+    return LayerRecorder(settings.stats, theory=settings.init.theory_inputs(init_used))
 
 
-def layer_stats(cfg: DictConfig, init_used: dict[str, Any]) -> LayerStats | None:
+def layer_stats(settings: Settings, init_used: dict[str, Any]) -> LayerStats | None:
     """The run's LayerStats callback (its recorder fed by the Trainer); None for stats=off."""
-    recorder = layer_recorder(cfg, init_used)
+    recorder = layer_recorder(settings, init_used)
     return None if recorder is None else LayerStats(recorder)
 
 
-def theory_inputs(cfg: DictConfig, init_used: dict[str, Any]) -> dict[str, Any]:
-    """The init as the theory module takes it (scheme, gain, std, bias_std)."""
-    return {"scheme": cfg.init.name, "gain": init_used["gain"], "std": cfg.init.get("std"),
-            "bias_std": init_used["bias_std"]}  # fmt: skip
-
-
-def predict_trainability(cfg: DictConfig, model: MLP, init_used: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+def predict_trainability(
+    settings: Settings, model: MLP, init_used: dict[str, Any], quiet: bool = False
+) -> theory.Trainability:
     """The depth scales of this run's init and whether its depth is within 6 xi_c, said in one line before the
     first step (summary.json's `theory`)."""
-    prediction = theory.trainability(model, **theory_inputs(cfg, init_used))
+    prediction = theory.trainability(model, **settings.init.theory_inputs(init_used))
     (log.debug if quiet else log.info)(theory.verdict(prediction))
     return prediction
-
-
-def make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """lightning.Trainer from `trainer.*`; a setting Lightning rejects is one ConfigError line with its reason."""
-    try:
-        return instantiate(cfg.trainer, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"lightning.Trainer rejects the trainer.* settings: {cause}") from None
 
 
 @contextmanager
@@ -251,51 +151,51 @@ def job_scope() -> Iterator[None]:
         torch.set_rng_state(rng[2])
 
 
-def apply_process_settings(cfg: DictConfig) -> None:
+def apply_process_settings(run: RunSettings) -> None:
     """The run's process-wide settings (job_scope restores the process's own afterwards)."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    torch.set_float32_matmul_precision(run.matmul_precision)
 
 
-def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def run(settings: Settings, run_dir: Path, resume: bool = False) -> Summary:
     """Train and test one configuration; write and return run_dir/summary.json. resume: go on from the checkpoint
     an interrupted attempt left in run_dir (with no checkpoint, start it over there)."""
     with job_scope():
-        return _run(cfg, Path(run_dir), resume)
+        return _run(settings, Path(run_dir), resume)
 
 
-def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
     with RunRecord(run_dir) as record:
-        validate(cfg)
-        checkpoint = record.resume(cfg) if resume else None
-        record.configure(cfg)
-        apply_process_settings(cfg)
-        datamodule, module, init_used = build(cfg)
+        checkpoint = record.resume(settings) if resume else None
+        record.configure(settings)
+        apply_process_settings(settings.run)
+        datamodule, module, init_used = build(settings)
         logger = record.open_logger()
-        stats = layer_stats(cfg, init_used)
+        stats = layer_stats(settings, init_used)
         # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
         # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
-        checkpointing = cfg.trainer.get("enable_checkpointing", True)
-        checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if checkpointing else []
+        checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if settings.trainer.checkpointing else []
         callbacks = [*([stats] if stats is not None else []), *checkpoints]
-        trainer = record.trainer = make_trainer(cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
-        check_strategy(trainer)
+        trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        record.trainer = trainer
+        check_strategy(trainer, settings.multirun)
         device = trainer.strategy.root_device
         threads = torch.get_num_threads()
         where = f"{device} ({threads} thread{'s' * (threads > 1)})" if device.type == "cpu" else str(device)
         sizes = "/".join(str(len(datamodule.splits[k][0])) for k in ("train", "val", "test"))
         n_params = sum(p.numel() for p in module.parameters())
         (log.info if trainer.is_global_zero else log.debug)(
-            f"deepinit: {' '.join(f'{k}={v}' for k, v in record.summary['config'].items())}"
-            f" | gain {init_used['gain']:.4g} | {cfg.data.dataset} train/val/test {sizes} | {n_params:,} parameters"
-            f" | device {where}" + (f" | resuming from {checkpoint}" if checkpoint else "")
+            f"deepinit: {' '.join(f'{k}={v}' for k, v in settings.essentials().items())}"
+            f" | gain {init_used['gain']:.4g} | {settings.data.dataset} train/val/test {sizes}"
+            f" | {n_params:,} parameters | device {where}" + (f" | resuming from {checkpoint}" if checkpoint else "")
         )
-        record.summary["theory"] = predict_trainability(cfg, module.model, init_used, quiet=not trainer.is_global_zero)
+        quiet = not trainer.is_global_zero
+        record.summary.theory = predict_trainability(settings, module.model, init_used, quiet=quiet)
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if module.divergence is not None:
-            record.diverged(module.divergence, cfg.depth)
+            record.diverged(module.divergence, settings.model.depth)
         else:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

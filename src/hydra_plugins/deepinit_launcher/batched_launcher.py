@@ -2,17 +2,18 @@
 
     python scripts/train.py -m hydra/launcher=batched init=kaiming,xavier,orthogonal,lecun seed=0,1,2,3 depth=50
 
-Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher; finished jobs of an earlier
-run are skipped (resume) as scripts/train.py skips them. The jobs left are grouped by `deepinit.batched.group_key`
-(same shapes and loop: they differ in init and seed), each group split into chunks that fit the memory budget,
-and each chunk trained as one stacked model. Jobs that cannot be batched (`deepinit.batched.why_alone`: DDP,
-mixed precision, gradient clipping or accumulation, an optimizer that is not elementwise), and groups of one,
-run as usual, one by one.
+Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher, and its settings
+(deepinit.settings.hydra.from_config: a job whose settings are refused is a failed row, as under scripts/train.py);
+finished jobs of an earlier run are skipped (resume) as scripts/train.py skips them. The jobs left are grouped by
+`Settings.group_key` (same shapes and loop: they differ in init and seed), each group split into chunks that fit
+the memory budget, and each chunk trained as one stacked model. Jobs that cannot be batched
+(`deepinit.batched.why_alone`: DDP, mixed precision, gradient clipping or accumulation, an optimizer that is not
+elementwise), and groups of one, run as usual, one by one. Failures follow the script's policy
+(deepinit.lifecycle.report_failure).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -55,9 +56,12 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
-        from deepinit.batched import group_key, memory_estimate, train_group, why_alone
-        from deepinit.lifecycle import USER_ERRORS, ConfigError, RunInterrupted, describe_end, no_room
-        from deepinit.sweep import claim, skip_or_clear
+        from deepinit.batched import memory_estimate, train_group, why_alone
+        from deepinit.lifecycle import RunInterrupted, RunRecord, no_room, report_failure, report_interrupted
+        from deepinit.settings.hydra import from_config
+        from deepinit.settings.rules import ConfigError
+        from deepinit.summary import Summary
+        from deepinit.sweep import claim, clear_attempt, skip_or_clear
         from deepinit.train import run
 
         setup_globals()
@@ -68,16 +72,24 @@ class BatchedLauncher(Launcher):
 
         # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them; resume as train.py does.
         locks = []  # one process per job, as train.py: held until the launcher is done
+        summaries: dict[int, Summary] = {}  # the jobs that ran (or failed) here, by number
 
         def prepare(cfg: DictConfig) -> dict[str, Any]:
             hydra_cfg = HydraConfig.get()
-            run_dir = Path(hydra_cfg.runtime.output_dir)
-            if (lock := claim(run_dir, hydra_cfg.job.num)) is None:
-                return {"skipped": {"status": "running", "reason": "running in another process"}}
+            run_dir, num = Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num
+            if (lock := claim(run_dir, num)) is None:
+                return {}
             locks.append(lock)
-            if (done := skip_or_clear(run_dir, cfg, hydra_cfg.job.num)) is not None:
-                return {"skipped": done}
-            return {"cfg": cfg, "run_dir": run_dir, "num": hydra_cfg.job.num}
+            try:
+                settings = from_config(cfg)
+            except ConfigError as e:  # a row of the report, as a lone job's refused settings are
+                report_failure(e, f"job {num}")
+                clear_attempt(run_dir)
+                summaries[num] = RunRecord.failed(run_dir, e)
+                return {"num": num, "run_dir": run_dir}
+            if skip_or_clear(run_dir, settings, num) is not None:
+                return {}
+            return {"settings": settings, "run_dir": run_dir, "num": num}
 
         returns: list[JobReturn] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -96,72 +108,67 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
         # 2. Group what is left to run; split groups to fit the memory budget.
-        pending = [r.return_value for r in returns if r.status == JobStatus.COMPLETED and "cfg" in r.return_value]
+        prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED and r.return_value]
+        pending = [job for job in prepared if "settings" in job]
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         alone: list[dict[str, Any]] = []
         for job in pending:
             try:
-                reason = why_alone(job["cfg"])
+                reason = why_alone(job["settings"])
             except ConfigError as e:  # a Trainer setting Lightning rejects: the lone run says so in its one line
                 reason = str(e)
             if reason is not None:
                 log.info(f"job {job['num']} runs alone: {reason}")
                 alone.append(job)
             else:
-                groups[group_key(job["cfg"])].append(job)
+                groups[job["settings"].group_key()].append(job)
         chunks: list[list[dict[str, Any]]] = []
         budget = self._budget()
         for jobs in groups.values():
-            size = max(1, min(self.max_group_size, budget // memory_estimate(jobs[0]["cfg"])))
+            size = max(1, min(self.max_group_size, budget // memory_estimate(jobs[0]["settings"])))
             chunks += [jobs[i : i + size] for i in range(0, len(jobs), size)]
         alone += [chunk[0] for chunk in chunks if len(chunk) == 1]
         chunks = [chunk for chunk in chunks if len(chunk) > 1]
 
         # 3. Train: each chunk as one stacked model; the rest one by one, as the basic launcher would.
-        summaries: dict[int, dict[str, Any]] = {}
         for chunk in chunks:
             log.info(f"jobs {', '.join(str(j['num']) for j in chunk)}: one batched group of {len(chunk)}")
             try:
-                results = train_group([j["cfg"] for j in chunk], [j["run_dir"] for j in chunk])
+                results = train_group([j["settings"] for j in chunk], [j["run_dir"] for j in chunk])
             except RunInterrupted as e:  # Ctrl-C: every member's summary says where; the sweep stops here
-                log.warning(f"deepinit: {e.summary['reason']}")
+                report_interrupted(e)
                 raise
             except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
                 error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: the sweep's folder named
-                log.error(
-                    f"batched group failed: {type(error).__name__}: {error}",
-                    exc_info=not isinstance(error, USER_ERRORS),
-                )
+                report_failure(error, "batched group")
                 results = [_failed(j["run_dir"], error) for j in chunk]
             summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
         for job in alone:
             try:
-                summaries[job["num"]] = run(job["cfg"], job["run_dir"])
+                summaries[job["num"]] = run(job["settings"], job["run_dir"])
+            except RunInterrupted as e:
+                report_interrupted(e)
+                raise
             except Exception as e:
-                log.error(f"job {job['num']} failed: {type(e).__name__}: {e}")
+                report_failure(e, f"job {job['num']}")
                 summaries[job["num"]] = _failed(job["run_dir"], e)
-        for job in pending:
-            summary = summaries[job["num"]]
-            line = describe_end(summary, Path(job["cfg"].runs_dir)) if "wall_time_s" in summary else summary["reason"]
+        for job in prepared:
+            line = summaries[job["num"]].end_line(Path(str(self.config.runs_dir)))
             log.info(f"job {job['num']}: {line}")
             with open(Path(job["run_dir"]) / f"{self.config.hydra.job.name}.log", "a") as job_log:
                 job_log.write(line + "\n")
         for r in returns:
-            if r.status == JobStatus.COMPLETED and "num" in r.return_value:
+            if r.status == JobStatus.COMPLETED and r.return_value:
                 r.return_value = summaries[r.return_value["num"]]
         for lock in locks:
             lock.release()
         return returns
 
 
-def _failed(run_dir: Path, error: Exception) -> dict[str, Any]:
+def _failed(run_dir: Path, error: Exception) -> Any:
     """The job's summary after its failure: its own summary.json where it wrote one (a lone run's failure, or a
     group member whose record was open), else the one a run's record writes for that error."""
     from deepinit.lifecycle import RunRecord
+    from deepinit.summary import Summary
 
-    path = Path(run_dir) / "summary.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    record = RunRecord(run_dir)
-    record.close(error)
-    return record.summary
+    return Summary.read(run_dir) or RunRecord.failed(run_dir, error)

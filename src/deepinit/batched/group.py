@@ -1,0 +1,246 @@
+"""A batched group under Lightning: its members (each its own run), the logger that writes what Lightning logs into
+each member's own, the group's training step in two halves, and the LightningModule over the stacked model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.loggers.logger import Logger
+from torch import Tensor
+
+from deepinit.batched.stacked import StackedMLP
+from deepinit.fast_step import Graphed, fused_optimizer
+from deepinit.lifecycle import RunRecord
+from deepinit.model import MLP
+from deepinit.module import logs_now
+from deepinit.private_api import count_replayed_update
+from deepinit.settings.records import Settings
+from deepinit.summary import Divergence
+from deepinit.train import layer_recorder, predict_trainability
+
+
+class Member:
+    """One run of the group: its settings, folder, record, logger, layer statistics and results."""
+
+    def __init__(
+        self, index: int, settings: Settings, record: RunRecord, model: MLP, init_used: dict[str, Any]
+    ) -> None:
+        self.index, self.settings, self.record, self.model, self.init_used = index, settings, record, model, init_used
+        self.run_dir = record.run_dir
+        self.record.configure(settings)
+        self.logger = self.record.open_logger()
+        self.stats = layer_recorder(settings, init_used)
+        if self.stats is not None:
+            self.stats.open(model, self.logger.experiment, self.run_dir)
+        self.record.summary.theory = predict_trainability(settings, model, init_used)
+        self.divergence: Divergence | None = None
+        self.frozen: list[Tensor] = []  # its slices of the parameters, once diverged
+        self.val_acc_history: list[float] = []
+        self.values: dict[str, float] = {}  # its latest train/*, val/*, test/* values, for MembersLogger
+        self.metrics: dict[str, float] = {}  # the values last logged, for its summary
+
+    @property
+    def live(self) -> bool:
+        return self.divergence is None
+
+    def observes(self, step: int) -> bool:
+        return self.stats is not None and self.live and self.stats.observes(step)
+
+
+class MembersLogger(Logger):
+    """The group Trainer's logger: what Lightning logs, when and at the step it logs it (its log_every_n_steps,
+    epoch ends, test), written into every live member's own RunLogger, each key with the member's own value."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        super().__init__()
+        self.members = members
+
+    @property
+    def name(self) -> str:
+        return "members"
+
+    @property
+    def version(self) -> str:
+        return ""  # as the members' own loggers (the progress bar shows no v_num)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # each member's HParams row is its RunRecord's, written once at the end
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for member in self.members:
+            if not member.live:
+                continue
+            own = {k: member.values[k] if k in member.values else v for k, v in metrics.items()}
+            member.logger.log_metrics(own, step)
+            member.metrics.update(own)
+
+    def save(self) -> None:
+        for member in self.members:
+            member.logger.save()
+
+    def finalize(self, status: str) -> None:
+        for member in self.members:
+            member.logger.finalize(status)
+
+
+class GroupStep:
+    """The group's training step in two halves, so that the host can look at the members' losses between
+    them: forward and backward (one [2, K] tensor of losses and accuracies out), then the optimizer's update.
+    With `graph` (CUDA, fast=true) each half is a `Graphed`: replayed on every step that no member records and
+    whose batch has the usual size (the update whenever the forward was), eager otherwise, as the lone fast step."""
+
+    def __init__(self, stack: StackedMLP, optimizer: torch.optim.Optimizer, device: torch.device, graph: bool):
+        self.stack, self.optimizer = stack, optimizer
+        self.forward = Graphed("batched step", device, graph, grads_of=optimizer)
+        self.update_half = Graphed("batched update", device, graph)
+        self.replayed = False  # whether this step's forward was replayed
+
+    @property
+    def captured(self) -> bool:
+        return self.forward.graph is not None
+
+    def _forward_backward(self, x: Tensor, y: Tensor, keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        logits, pre, post = self.stack.observed_forward(x, keep)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses = per_sample.view(len(x), -1).mean(1)
+        losses.sum().backward()  # each member's gradient is its own loss's
+        return torch.stack([losses.detach(), (logits.argmax(2) == y).to(losses.dtype).mean(1)]), pre, post
+
+    def forward_backward(self, x: Tensor, y: Tensor, keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Losses and accuracies [2, K]; with keep, every layer's pre-activations (with gradients) and activations."""
+        out, self.replayed = self.forward(
+            (x, y),
+            observed=keep,
+            captured_fn=lambda x, y: self._forward_backward(x, y, False)[0],
+            eager_fn=lambda x, y: self._forward_backward(x, y, keep),
+        )
+        self.update_half.wanted &= self.forward.wanted  # no replayed forward, no replayed update
+        return (out, [], []) if self.replayed else out
+
+    def update(self, lightning_optimizer: LightningOptimizer) -> None:
+        """The optimizer's step for every member: replayed (the torch optimizer's kernels) when this step's forward
+        was and the update can be, else through Lightning's optimizer, which counts the step itself."""
+        _, replayed = self.update_half(
+            (), not self.replayed, captured_fn=self.optimizer.step, eager_fn=lightning_optimizer.step
+        )
+        if replayed:
+            count_replayed_update(lightning_optimizer)
+
+
+class GroupModule(L.LightningModule):
+    """The stacked model under Lightning: each training step trains every live member and records, per member,
+    what a lone Classifier records (loss, accuracy, divergence, the observed step's tensors); validation and test
+    give each member its own loss and accuracy. Manual optimization: the step looks at the members' losses
+    between backward and update (to freeze a diverging one), as the lone fast step does on the device."""
+
+    def __init__(self, stack: StackedMLP, members: Sequence[Member], optimizer: Callable, fast: bool) -> None:
+        super().__init__()
+        self.stack, self.members, self.optimizer_factory, self.fast = stack, list(members), optimizer, fast
+        self.automatic_optimization = False
+        self.group_step: GroupStep | None = None
+        self._totals: Tensor | None = None  # [2, K] float64: the evaluation's summed loss and accuracy, and count
+        self._count = 0
+
+    @property
+    def live(self) -> list[Member]:
+        return [m for m in self.members if m.live]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.stack.parameters())
+        # fused where it exists, as the lone run's fast step: one kernel for every member's update
+        graph = self.fast and self.device.type == "cuda"
+        optimizer = self.fast and fused_optimizer(self.optimizer_factory, params, capturable=graph)
+        self.graphs = graph and bool(optimizer)
+        return optimizer or self.optimizer_factory(params)
+
+    @property
+    def step_kind(self) -> str:
+        return "batched, CUDA graph" if self.group_step is not None and self.group_step.captured else "batched"
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        step, stack, optimizer = self.global_step, self.stack, self.optimizers()
+        if self.group_step is None:
+            self.group_step = GroupStep(stack, optimizer.optimizer, self.device, self.graphs)
+        observers = [m for m in self.members if m.observes(step)]
+        out, pre, post = self.group_step.forward_backward(x, y, keep=bool(observers))
+        for member in observers:
+            k = member.index
+            grads = [t.grad[k] for t in pre] if all(t.grad is not None for t in pre) else None
+            member.stats.observe(step, x[k], [t[k] for t in pre], [t[k] for t in post], grads)
+            for i, linear in enumerate(member.model.linears):  # the member's weight gradients, as views
+                linear.weight.grad = stack.weights[i].grad[k]
+                if stack.biases:
+                    linear.bias.grad = stack.biases[i].grad[k]
+        losses, accs = out.tolist()  # the group's one host read a step
+        for member in self.live:
+            member.values.update({"train/loss": losses[member.index], "train/acc": accs[member.index]})
+            if not math.isfinite(losses[member.index]):
+                # Divergence is a result: record it as a lone run does, and freeze this member from here on.
+                k = member.index
+                member.divergence = Divergence.at(step, self.current_epoch, losses[k], member.model, x[k])
+                member.frozen = [p[member.index].clone() for p in stack.parameters()]
+        for member in observers:
+            member.stats.before_update()
+        self.group_step.update(optimizer)
+        with torch.no_grad():
+            for member in self.members:
+                if member.frozen:
+                    for p, kept in zip(stack.parameters(), member.frozen, strict=True):
+                        p[member.index].copy_(kept)
+        for member in observers:
+            member.stats.end_step()
+            for p in member.model.parameters():
+                p.grad = None  # the views into this step's gradients
+        live = self.live
+        if not live:
+            self.trainer.should_stop = True
+            return
+        if not logs_now(self.trainer, batch_idx):
+            return
+        # what Lightning writes (MembersLogger gives each member its own value); the means are for the progress bar
+        self.log("train/loss", sum(m.values["train/loss"] for m in live) / len(live), prog_bar=True)
+        self.log("train/acc", sum(m.values["train/acc"] for m in live) / len(live))
+        self.log("diverged", float(len(self.members) - len(live)), prog_bar=True, logger=False)
+
+    # --- evaluation: every member on the same batches, each its own mean as Lightning's epoch mean -------------
+    def _evaluate(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        logits = self.stack(x.expand(len(self.members), *x.shape))
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(self.members)), reduction="none")
+        batch_means = torch.stack([loss.view(len(self.members), -1).mean(1), (logits.argmax(2) == y).float().mean(1)])
+        # Lightning's epoch mean of a logged value: the batch means weighted by batch size
+        totals = batch_means.double() * len(x)
+        self._totals = totals if self._totals is None else self._totals + totals
+        self._count += len(x)
+
+    def _evaluated(self, split: str) -> None:
+        totals, count, self._totals, self._count = self._totals, self._count, None, 0
+        live = self.live
+        if totals is None or not live or self.trainer.sanity_checking:
+            return
+        losses, accs = (totals / count).tolist()
+        for member in live:
+            member.values.update({f"{split}/loss": losses[member.index], f"{split}/acc": accs[member.index]})
+            if split == "val":
+                member.val_acc_history.append(accs[member.index])
+        self.log(f"{split}/loss", sum(losses[m.index] for m in live) / len(live), prog_bar=split == "val")
+        self.log(f"{split}/acc", sum(accs[m.index] for m in live) / len(live), prog_bar=split == "val")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluated("val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluated("test")

@@ -1,0 +1,296 @@
+"""What a run is, as frozen records built once from the composed config: the model, its init (the scheme's own
+record, deepinit.init_schemes), the data, the layer statistics, the optimizer and the Trainer, and the run-level
+settings. Every range check is here (each record's fields carry their rule); everything below takes these records.
+
+`Settings.from_dict(config)` builds them from the composed config as plain data (deepinit.settings.hydra turns
+Hydra's DictConfig into that); the keys that do not change results, the batched group key and the essentials a
+reader compares runs by are its methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from deepinit.activations import ACTIVATIONS
+from deepinit.init_schemes import InitSettings, init_settings
+from deepinit.provision import DATASETS
+from deepinit.settings.rules import (
+    Checked,
+    ConfigError,
+    config_key,
+    flag,
+    integer,
+    names_from,
+    number,
+    one_of,
+    setting,
+    text,
+)
+from deepinit.stats import GROUPS
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
+
+
+@dataclass(frozen=True)
+class ModelSettings(Checked):
+    depth: int = setting(integer(2))  # Linear layers, input and output included
+    width: int = setting(integer(1))
+    activation: str = setting(one_of(ACTIVATIONS))
+    bias: bool = setting(flag())
+
+
+@dataclass(frozen=True)
+class RunSettings(Checked):
+    seed: int = setting(integer(), per_member=True)
+    runs_dir: str = setting(text(), neutral=True)
+    sweep_name: str = setting(text(), neutral=True)
+    force: bool = setting(flag(), neutral=True)
+    resume: str | None = setting(text(null=True), neutral=True)
+    threads: int | None = setting(integer(1, null=True), neutral=True)
+    matmul_precision: str = setting(one_of(MATMUL_PRECISIONS))
+    fast: bool = setting(flag())
+
+
+@dataclass(frozen=True)
+class DataSettings(Checked):
+    PREFIX = "data"
+    target: str = setting(text(), key="_target_")
+    root: str = setting(text(), neutral=True)
+    dataset: str = setting(one_of(DATASETS))
+    batch_size: int = setting(integer(1))
+    eval_batch_size: int = setting(integer(1))
+    val_size: int = setting(integer(0))
+    split_seed: int = setting(integer())
+    shuffle_seed: int = setting(integer(), per_member=True)
+    mean: float = setting(number())
+    std: float = setting(number(above=0))
+    download: bool = setting(flag())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        total = DATASETS[self.dataset].train
+        if self.val_size >= total:
+            raise ConfigError(
+                f"data.val_size must be an integer from 0 to {total - 1}, below {self.dataset}'s {total} training"
+                f" images (got {self.val_size})"
+            )
+        # a batch larger than the training set would be the whole set, and the activations of every layer for it
+        # would fill the memory (depth 50: 23 GB before the kernel kills the run)
+        if self.batch_size > (train := total - self.val_size):
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the training set ({train} images: {total} minus"
+                f" data.val_size={self.val_size}); choose at most {train}"
+            )
+
+    def make(self) -> Any:
+        """The DataModule these settings describe (its class: `_target_`)."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "target"}
+        return Target("data", self.target, options).make()
+
+
+@dataclass(frozen=True)
+class StatsSettings(Checked):
+    """The layer statistics (deepinit.recorder.LayerRecorder); enabled false: none at all."""
+
+    PREFIX = "stats"
+    enabled: bool = setting(flag())
+    every_n_steps: int = setting(integer(1))
+    histogram_every_n_steps: int = setting(integer(0, note=", 0 for none"))
+    groups: list[str] = setting(names_from(GROUPS, "groups"))
+    figures: bool = setting(flag())  # depth profile and heat map at the end of fit
+    profile_points: int = setting(integer(1))  # logged steps drawn in the depth profile
+    csv_file: str | None = setting(text(null=True))
+    isometry_max_depth: int = setting(integer(0, note=", 0 for off"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A `_target_` group left open to its class's own arguments (optim.*, trainer.*): the class checks them, and
+    its refusal is one line naming the group."""
+
+    key: str
+    target: str
+    options: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, key: str, values: dict[str, Any]) -> Any:
+        values = dict(values)
+        target = values.pop("_target_", None)
+        if not isinstance(target, str):
+            raise ConfigError(f"{key}._target_ must name a class (got {target!r})")
+        values.pop("_partial_", None)
+        return cls(key, target, values)
+
+    def make(self, partial: bool = False, **kwargs: Any) -> Any:
+        try:
+            return instantiate({"_target_": self.target, "_partial_": partial, **self.options}, **kwargs)
+        except InstantiationException as e:
+            cause = e.__cause__ or e
+            raise ConfigError(f"{self.target} rejects the {self.key}.* settings: {cause}") from None
+
+
+@dataclass(frozen=True)
+class OptimSettings(Target):
+    """optim.*: the optimizer's class (`_target_`) and its arguments, lr among them."""
+
+    def __post_init__(self) -> None:
+        lr = self.options.get("lr")
+        if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+            raise ConfigError(f"optim.lr must be a number > 0 (got {lr})")
+        try:  # the optimizer's own checks (momentum, betas, ...), on a parameter of one element
+            self.factory()([torch.nn.Parameter(torch.zeros(1))])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{self.target} rejects the optim.* settings: {e}") from None
+
+    def factory(self) -> functools.partial:
+        """The optimizer's constructor with these settings: factory(params) -> torch.optim.Optimizer; its `func` is
+        the optimizer's class."""
+        return self.make(partial=True)
+
+    @property
+    def name(self) -> str:
+        """The optimizer's short name (adam, sgd): its class's."""
+        return self.target.rsplit(".", 1)[-1].lower()
+
+    @property
+    def lr(self) -> float:
+        return self.options["lr"]
+
+
+@dataclass(frozen=True)
+class TrainerSettings(Target):
+    """trainer.*: any lightning.Trainer argument, Lightning's to check (TrainerSettings.make: its refusal in one
+    line)."""
+
+    @property
+    def checkpointing(self) -> bool:
+        return bool(self.options.get("enable_checkpointing", True))  # Lightning's default
+
+    @property
+    def max_epochs(self) -> int | None:
+        return self.options.get("max_epochs")  # None is Lightning's default
+
+
+# Top-level config keys left out of a job folder's name (hydra.job.override_dirname, through the resolver
+# deepinit.settings.hydra registers): the job number keeps folders apart, these would only make names long
+UNNAMED_EXTRA = ("experiment", "seed", "stats", "trainer.max_steps", "trainer.max_epochs",
+                 "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
+                 "trainer.accelerator")  # fmt: skip
+TOP_LEVEL = (ModelSettings, RunSettings)
+# summary.json's `config` and the HParams columns: column -> the config key it shows
+ESSENTIALS = {"init": "init", "depth": "depth", "width": "width", "activation": "activation", "bias": "bias",
+              "optimizer": "optim", "lr": "optim.lr", "batch_size": "data.batch_size", "max_epochs":
+              "trainer.max_epochs", "data": "data", "seed": "seed"}  # fmt: skip
+
+
+def _flagged(flag_name: str) -> tuple[str, ...]:
+    return tuple(
+        record.key(config_key(f))
+        for record in (*TOP_LEVEL, DataSettings, StatsSettings)
+        for f in dataclasses.fields(record)
+        if f.metadata.get(flag_name)
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run's settings. config: the whole composed config, resolved (summary.json's `settings`, what a rerun
+    compares); multirun and swept: how Hydra launched it (in a sweep; the keys the sweep varies, with this run's
+    values: the HParams columns that open ticked)."""
+
+    model: ModelSettings
+    init: InitSettings
+    data: DataSettings
+    stats: StatsSettings
+    optim: OptimSettings
+    trainer: TrainerSettings
+    run: RunSettings
+    config: dict[str, Any]
+    multirun: bool = False
+    swept: dict[str, Any] = field(default_factory=dict)
+
+    GROUPS = ("data", "init", "stats", "optim", "trainer")
+    # The settings that do not change a run's results: a sweep's name leaves them out, a rerun compares its settings
+    # without them, a batched group lets them differ.
+    NEUTRAL = _flagged("neutral")
+    # What members of one batched group may differ in besides NEUTRAL: the init, the seed (and the shuffle it seeds)
+    # and the layer statistics; everything else must be equal (same shapes, same loop).
+    PER_MEMBER = ("init", "stats", *_flagged("per_member"))
+    UNNAMED = tuple(dict.fromkeys((*NEUTRAL, *UNNAMED_EXTRA)))
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], multirun: bool = False, swept: dict[str, Any] | None = None) -> Settings:
+        """The records from the composed config as plain data; ConfigError (one line) for a key no record has, a key
+        missing, or a value out of range."""
+        top = {k: v for k, v in config.items() if k not in cls.GROUPS}
+        known = [k for record in TOP_LEVEL for k in record.keys()]
+        unknown = sorted(set(top) - set(known))
+        if unknown:
+            raise ConfigError(f"{unknown[0]} is not a setting; the config takes: {', '.join(known)} and the groups "
+                              f"{', '.join(cls.GROUPS)}")  # fmt: skip
+        for group in cls.GROUPS:
+            if not isinstance(config.get(group), dict):
+                raise ConfigError(f"the config has no {group} group (choose one: {group}=<name>)")
+        model, run = (record.from_dict({k: top[k] for k in record.keys() if k in top}) for record in TOP_LEVEL)
+        return cls(
+            model=model,
+            init=init_settings(config["init"]),
+            data=DataSettings.from_dict(config["data"]),
+            stats=StatsSettings.from_dict(config["stats"]),
+            optim=OptimSettings.from_dict("optim", config["optim"]),
+            trainer=TrainerSettings.from_dict("trainer", config["trainer"]),
+            run=run,
+            config=config,
+            multirun=multirun,
+            swept=dict(swept or {}),
+        )
+
+    def essentials(self) -> dict[str, Any]:
+        """The settings a reader compares runs by (summary.json's `config`, the HParams row, the start line)."""
+        m, d = self.model, self.data
+        return {"init": self.init.name, "depth": m.depth, "width": m.width, "activation": m.activation,
+                "bias": m.bias, "optimizer": self.optim.name, "lr": self.optim.lr, "batch_size": d.batch_size,
+                "max_epochs": self.trainer.max_epochs, "data": d.dataset, "seed": self.run.seed}  # fmt: skip
+
+    def swept_columns(self) -> dict[str, Any]:
+        """The keys this run's sweep varies as HParams columns, in the sweep's order: an essential's own column where
+        it is one (`optim` is `optimizer`, with the essential's value), else the key with this run's value."""
+        essentials, shows = self.essentials(), {key: column for column, key in ESSENTIALS.items()}
+        columns = {}
+        for key, value in self.swept.items():
+            column = shows.get(key, key)
+            columns[column] = essentials.get(column, value)
+        return columns
+
+    @classmethod
+    def results_part(cls, config: dict[str, Any], also: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The settings that decide a run's results: a composed config, JSON-normalized, without NEUTRAL (and the
+        dotted keys `also` names)."""
+        config = json.loads(json.dumps(config))
+        for key in (*cls.NEUTRAL, *also):
+            *parents, leaf = key.split(".")
+            node = config
+            for parent in parents:
+                node = node.get(parent, {})
+            node.pop(leaf, None)
+        return config
+
+    def result_settings(self) -> dict[str, Any]:
+        return self.results_part(self.config)
+
+    def same_results(self, earlier_config: dict[str, Any] | None) -> bool:
+        """Whether a run with `earlier_config` (an earlier summary's settings) ran with the settings that decide
+        results."""
+        return self.results_part(earlier_config or {}) == self.result_settings()
+
+    def group_key(self) -> str:
+        """Runs with equal keys can be trained as one stacked model (deepinit.batched)."""
+        return json.dumps(self.results_part(self.config, also=self.PER_MEMBER), sort_keys=True)

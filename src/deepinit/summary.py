@@ -1,0 +1,183 @@
+"""summary.json as one record, `Summary`, for every writer (deepinit.lifecycle.RunRecord, for lone runs and batched
+members alike) and every reader (the sweep report, the phase diagram, a rerun's resume and skip decisions).
+
+A run's summary.json holds: status (ok, diverged, interrupted, failed) and its one-line reason; config (the
+essentials); run_dir; started; and, as the run gets there: settings (the whole composed config), theory (the
+verdict on its init), resumed (each resumption), steps, epochs, metrics, divergence, init (what it used), device,
+training_step, hparams_metrics, checkpoint (where an interrupted run can go on from), wall_time_s. A field the run
+never reached is left out of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepinit.theory import Trainability
+
+STATUSES = ("ok", "diverged", "interrupted", "failed")
+FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
+
+
+@dataclass
+class Divergence:
+    """Where the loss stopped being finite: the step and epoch, the loss, the first layer whose output was not
+    finite on that batch (None: every output finite, the loss itself overflowed)."""
+
+    step: int
+    epoch: int
+    loss: float
+    layer: int | None
+
+    @classmethod
+    def at(cls, step: int, epoch: int, loss: float, model: Any, x: Any) -> Divergence:
+        """The record for a model whose loss on batch x became non-finite at `step` (its weights as they were then)."""
+        return cls(step=step, epoch=epoch, loss=loss, layer=model.first_nonfinite_layer(x))
+
+    def reason(self, depth: int) -> str:
+        where = f"first non-finite output at layer {self.layer} of {depth}" if self.layer else "outputs finite"
+        return f"loss became {self.loss} at step {self.step} (epoch {self.epoch}); {where}"
+
+
+@dataclass
+class Metrics:
+    """The run's final metrics: the last logged values, and the per-epoch validation accuracy's last and best."""
+
+    test_acc: float | None
+    test_loss: float | None
+    val_acc: float | None
+    best_val_acc: float | None
+    val_loss: float | None
+    train_loss: float | None
+    train_acc: float | None  # the last logged batch's
+
+    @classmethod
+    def final(cls, logged: dict[str, float], val_acc_history: list[float]) -> Metrics:
+        def last(key: str) -> float | None:
+            return None if logged.get(key) is None else float(logged[key])
+
+        return cls(
+            test_acc=last("test/acc"),
+            test_loss=last("test/loss"),
+            val_acc=val_acc_history[-1] if val_acc_history else None,
+            best_val_acc=max(val_acc_history, default=None),
+            val_loss=last("val/loss"),
+            train_loss=last("train/loss"),
+            train_acc=last("train/acc"),
+        )
+
+
+@dataclass
+class Summary:
+    status: str = "failed"
+    reason: str | None = None
+    config: dict[str, Any] | None = None
+    run_dir: str = ""
+    started: str = ""
+    settings: dict[str, Any] | None = None
+    theory: Trainability | None = None
+    resumed: list[dict[str, Any]] | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    metrics: Metrics | None = None
+    divergence: Divergence | None = None
+    init: dict[str, Any] | None = None
+    device: str | None = None
+    training_step: str | None = None
+    hparams_metrics: dict[str, float] | None = None
+    checkpoint: str | None = None  # an interrupted run's; written (null too) for interrupted runs only
+    wall_time_s: float | None = None
+    earlier_wall_time_s: float = field(default=0.0, metadata={"file": False})  # a resumed run's attempts so far
+
+    ALWAYS = ("status", "reason", "config", "run_dir", "started")
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's content: the fields the run reached (see the module docstring); NaN and inf as strings."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("file") is False:
+                continue
+            wanted = (
+                f.name in self.ALWAYS or value is not None or (f.name == "checkpoint" and self.status == "interrupted")
+            )
+            if wanted:
+                out[f.name] = _finite(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Summary:
+        return _record(cls, data)
+
+    def write(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_whole(run_dir / "summary.json", (json.dumps(self.to_json(), indent=2) + "\n").encode())
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Summary | None:
+        """The summary.json in run_dir, or None where there is none (or it cannot be read)."""
+        try:
+            return cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def end_line(self, runs_root: Path) -> str:
+        """The run's last console line: status, accuracy, time, where its logs are and how to view them."""
+        m = self.metrics
+        parts = [f"deepinit: {self.status}"]
+        if self.status == "failed" and self.reason:
+            parts.append(self.reason)
+        if m is not None and m.test_acc is not None:
+            parts.append(f"test acc {m.test_acc:.4f} (loss {m.test_loss:.4f})")
+        if m is not None and m.best_val_acc is not None:
+            parts.append(f"best val acc {m.best_val_acc:.4f}")
+        parts.append(f"{self.wall_time_s or 0:.0f} s")
+        parts.append(f"logs in {self.run_dir}")
+        parts.append(f"view: tensorboard --logdir {runs_root}")
+        return " | ".join(parts)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so summary.json stays valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _record(cls: type, data: dict[str, Any]) -> Any:
+    """A dataclass from its JSON form: nested records rebuilt, "inf"/"nan" strings read back as floats."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: _value(hints[k], v) for k, v in data.items() if k in names})
+
+
+def _value(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return _record(option, value)
+        if option is float and isinstance(value, str):
+            return float(value)
+    return value
+
+
+def write_whole(path: Path, data: bytes | memoryview) -> None:
+    """Write path whole or not at all: a full disk leaves no truncated file to be read as a result."""
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_bytes(data)
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)

@@ -1,0 +1,67 @@
+"""Each private name of Lightning, TensorBoard and torch that deepinit.private_api uses, exercised for real: an
+upgrade that renames or changes one fails here, by name, before any run does."""
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
+
+from deepinit import private_api
+
+
+class Manual(L.LightningModule):
+    """Manual optimization that counts each step without running the optimizer, as a replayed CUDA graph does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        private_api.count_replayed_update(self.optimizers())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return [torch.zeros(1, 2)] * 4
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kwargs)  # fmt: skip
+
+
+def test_a_replayed_update_counts_as_a_step_and_the_logging_counter_follows():
+    trainer = quiet_trainer(max_steps=3)
+    trainer.fit(Manual())
+    assert trainer.global_step == 3  # three batches counted, no optimizer.step() called
+    loop = trainer.fit_loop.epoch_loop
+    loop._batches_that_stepped = trainer.global_step + 1  # as Lightning leaves it after a mid-batch resume
+    private_api.align_logging_step(trainer)
+    assert loop._batches_that_stepped == trainer.global_step
+
+
+def test_the_launchers_are_told_apart():
+    assert private_api.spawns_processes(quiet_trainer(devices=2, strategy="ddp_spawn").strategy.launcher)
+    assert private_api.reruns_the_script(quiet_trainer(devices=2, strategy="ddp").strategy.launcher)
+    single = quiet_trainer(devices=1).strategy.launcher
+    assert not private_api.spawns_processes(single) and not private_api.reruns_the_script(single)
+
+
+def test_tensorboard_logger_internals(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    assert private_api.open_experiment(logger) is None
+    writer = logger.experiment
+    assert private_api.open_experiment(logger) is writer
+    assert private_api.sanitize_hparams(logger, {"a": None, "b": 1}) == {"a": "None", "b": 1}
+    file_writer = private_api.event_writer(SummaryWriter(str(tmp_path / "w")))
+    assert callable(file_writer.add_summary)
+
+
+def test_foreach_ops_equal_the_per_tensor_ones():
+    a, b = [torch.randn(3, 4), torch.randn(5)], [torch.randn(3, 4), torch.randn(5)]
+    norms, diffs = private_api.foreach_norm(a), private_api.foreach_sub(a, b)
+    for x, y, n, d in zip(a, b, norms, diffs, strict=True):
+        torch.testing.assert_close(n, x.norm())
+        torch.testing.assert_close(d, x - y)
