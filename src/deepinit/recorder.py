@@ -28,10 +28,11 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw
 
-from deepinit import stats, theory
+from deepinit import stats
 from deepinit.figures import depth_profile_figure, heatmap_figure
 from deepinit.model import MLP
 from deepinit.settings.records import StatsSettings
+from deepinit.theory.overlay import step0_overlay
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
@@ -175,48 +176,10 @@ class LayerRecorder:
 
     def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Theory at the first logging step (the initialization), next to what was just measured."""
-        input_sqr = self._input.flatten(1).double().square().mean().item()
-        pred, self.theory_note = theory.predict_model(self.model, input_sqr=input_sqr, **self.theory)
-        q, m = np.array(pred.q), np.array(pred.m)
-        measured_q = found["preactivations"]["sqr"].double().cpu().numpy()
-        curves = {
-            "preactivations_sqr": q,
-            "activations_sqr": m,
-            "log_sd_preactivations": np.array(pred.q_log_sd),
-            "log_sd_activations": np.array(pred.m_log_sd),
-            "log_ratio_preactivations_sqr": np.log(measured_q / q),
-        }
-        if "corr" in found["preactivations"]:
-            curves["preactivations_corr"] = self._predict_corr(pred)
-        if "gradients" in found:  # anchored at the measured gradient of the logits
-            last = found["gradients"]["sqr"][-1].item()
-            curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
-        self.prediction = curves
-        out = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
-        depth = self.model.depth
-        if 4 <= depth <= self.isometry_max_depth:
-            # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
-            # probes each: the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
-            hidden = range(1, depth - 1)
-            pairs = [(self.model.linears[i], self.model.activations[i]) for i in hidden]
-            m1, s2 = stats.jacobian_spectrum(pairs, self._post[0][:16]).tolist()
-            expected = theory.isometry(self.model.activation, pred, hidden)
-            values = [m1, s2, expected["m1"], expected["s2"]]
-            names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
-            out["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}
-        return out
-
-    def _predict_corr(self, pred: theory.Prediction) -> np.ndarray:
-        """c_l of the correlation map, iterated from the inputs' measured correlation: layer 1's expectation pair
-        by pair (q_ab = sigma_w^2 x_a.x_b / fan_in + sigma_b^2), then each layer through the map at the predicted
-        q_l (the mean over inputs)."""
-        x = self._input.flatten(1).double()
-        first = self.model.linears[0]
-        sigma_b2 = pred.sigma_b2
-        gram = pred.sigma_w2[0] * (x @ x.T) / first.in_features + sigma_b2[0]
-        scale = gram.diagonal().sqrt()
-        c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
-        return np.array(theory.correlation_profile(self.model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
+        self.prediction, groups, self.theory_note = step0_overlay(
+            self.model, self._input, self._post[0], found, self.theory, self.isometry_max_depth
+        )
+        return groups
 
     # --- output ----------------------------------------------------------------------------------------------
     def _record(self, step: int, found: dict[str, dict[str, Tensor]]) -> None:

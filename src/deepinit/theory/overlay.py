@@ -1,0 +1,70 @@
+"""The theory at step 0, set against what a run's layer statistics just measured (deepinit.recorder): the predicted
+depth profiles with their finite-width band, ln(measured / predicted), the correlation map from the batch's own
+inputs, and, for the square hidden stack, the Jacobian's spectrum estimated beside its theory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deepinit import stats
+from deepinit.model import MLP
+from deepinit.theory.depth_scales import correlation_profile
+from deepinit.theory.profile import Prediction, isometry, predict_model
+
+
+def step0_overlay(
+    model: MLP,
+    x: Tensor,
+    first_activation: Tensor,
+    found: dict[str, dict[str, Tensor]],
+    inputs: dict[str, Any],
+    isometry_max_depth: int,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Tensor]], str]:
+    """For the model's step-0 batch x (its first layer's activations first_activation) and what was measured there
+    (found: group -> quantity -> per-layer values), with the init as theory.predict_model takes it (inputs): the
+    curves the figures draw, the `theory` and `isometry` groups to record, and where sigma_w^2 came from."""
+    input_sqr = x.flatten(1).double().square().mean().item()
+    pred, note = predict_model(model, input_sqr=input_sqr, **inputs)
+    q, m = np.array(pred.q), np.array(pred.m)
+    measured_q = found["preactivations"]["sqr"].double().cpu().numpy()
+    curves = {
+        "preactivations_sqr": q,
+        "activations_sqr": m,
+        "log_sd_preactivations": np.array(pred.q_log_sd),
+        "log_sd_activations": np.array(pred.m_log_sd),
+        "log_ratio_preactivations_sqr": np.log(measured_q / q),
+    }
+    if "corr" in found["preactivations"]:
+        curves["preactivations_corr"] = _correlations(model, x, pred)
+    if "gradients" in found:  # anchored at the measured gradient of the logits
+        last = found["gradients"]["sqr"][-1].item()
+        curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
+    groups = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
+    depth = model.depth
+    if 4 <= depth <= isometry_max_depth:
+        # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
+        # probes each: the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
+        hidden = range(1, depth - 1)
+        pairs = [(model.linears[i], model.activations[i]) for i in hidden]
+        m1, s2 = stats.jacobian_spectrum(pairs, first_activation[:16]).tolist()
+        expected = isometry(model.activation, pred, hidden)
+        values = [m1, s2, expected["m1"], expected["s2"]]
+        names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
+        groups["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}
+    return curves, groups, note
+
+
+def _correlations(model: MLP, x: Tensor, pred: Prediction) -> np.ndarray:
+    """c_l of the correlation map, iterated from the inputs' measured correlation: layer 1's expectation pair by
+    pair (q_ab = sigma_w^2 x_a.x_b / fan_in + sigma_b^2), then each layer through the map at the predicted q_l (the
+    mean over inputs)."""
+    x = x.flatten(1).double()
+    sigma_b2 = pred.sigma_b2
+    gram = pred.sigma_w2[0] * (x @ x.T) / model.linears[0].in_features + sigma_b2[0]
+    scale = gram.diagonal().sqrt()
+    c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
+    return np.array(correlation_profile(model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
