@@ -81,9 +81,9 @@ class OnStep(L.Callback):
         self.on_step(trainer.global_step)
 
 
-def plain_loop(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int, batches: Iterator) -> float:
+def plain_loop(run: Settings, datamodule, device: torch.device, warmup: int, steps: int, batches: Iterator) -> float:
     """samples/s of a plain PyTorch loop (forward, backward, step) over `batches` (making each batch is timed too)."""
-    _, module, _ = build(cfg, datamodule)
+    _, module, _ = build(run, datamodule)
     model = module.model.to(device)
     optimizer = module.optimizer_factory(model.parameters())  # as configured, torch's defaults otherwise
     for step in range(warmup + steps):
@@ -96,43 +96,43 @@ def plain_loop(cfg: Settings, datamodule, device: torch.device, warmup: int, ste
         loss.backward()
         optimizer.step()
     sync(device)
-    return steps * cfg.data.batch_size / (time.perf_counter() - start)
+    return steps * run.data.batch_size / (time.perf_counter() - start)
 
 
-def reference_loop(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+def reference_loop(run: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
     """The plain PyTorch loop: data as one in-memory tensor on the device, slicing, forward, backward, step."""
     x_all, y_all = (t.to(device) for t in datamodule.splits["train"])
     order = torch.randperm(len(x_all), device=device)
-    batch = cfg.data.batch_size
+    batch = run.data.batch_size
 
     def batches() -> Iterator:
         for step in itertools.count():
             idx = order[(step * batch) % (len(x_all) - batch) :][:batch]
             yield x_all[idx], y_all[idx]
 
-    return plain_loop(cfg, datamodule, device, warmup, steps, batches())
+    return plain_loop(run, datamodule, device, warmup, steps, batches())
 
 
-def tutorial_pipeline(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
+def tutorial_pipeline(run: Settings, datamodule, device: torch.device, warmup: int, steps: int) -> float:
     """The usual tutorial: torchvision's MNIST, ToTensor + Normalize on every sample, a DataLoader, 0 workers."""
-    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
-    dataset = getattr(torchvision.datasets, cfg.data.dataset)(cfg.data.root, train=True, transform=normalize)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=0, drop_last=True)
+    normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((run.data.mean,), (run.data.std,))])
+    dataset = getattr(torchvision.datasets, run.data.dataset)(run.data.root, train=True, transform=normalize)
+    loader = DataLoader(dataset, batch_size=run.data.batch_size, shuffle=True, num_workers=0, drop_last=True)
 
     def batches() -> Iterator:
         while True:
             for x, y in loader:
                 yield x.to(device), y.to(device)
 
-    return plain_loop(cfg, datamodule, device, warmup, steps, batches())
+    return plain_loop(run, datamodule, device, warmup, steps, batches())
 
 
-def project_path(cfg: Settings, datamodule, device: torch.device, warmup: int, steps: int, profiler=None) -> float:
-    """The project's own training path: Classifier + DataModule + the run's LayerStats (cfg.stats) through a
+def project_path(run: Settings, datamodule, device: torch.device, warmup: int, steps: int, profiler=None) -> float:
+    """The project's own training path: Classifier + DataModule + the run's LayerStats (stats.*) through a
     Lightning Trainer."""
-    _, module, init_used = build(cfg, datamodule)
+    _, module, init_used = build(run, datamodule)
     timer = StepTimer(warmup, steps, device, profiler)
-    stats = layer_stats(cfg, init_used)
+    stats = layer_stats(run, init_used)
     callbacks: list[L.Callback] = [timer] if stats is None else [stats, timer]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
@@ -148,11 +148,11 @@ def project_path(cfg: Settings, datamodule, device: torch.device, warmup: int, s
             num_sanity_val_steps=0,
         )
         trainer.fit(module, datamodule=datamodule)
-    return steps * cfg.data.batch_size / timer.seconds
+    return steps * run.data.batch_size / timer.seconds
 
 
-def batched_group(cfgs: list[Settings], device: torch.device, warmup: int, steps: int) -> float:
-    """len(cfgs) same-shape runs as one stacked model (deepinit.batched, hydra/launcher=batched), stats default;
+def batched_group(runs: list[Settings], device: torch.device, warmup: int, steps: int) -> float:
+    """len(runs) same-shape runs as one stacked model (deepinit.batched, hydra/launcher=batched), stats default;
     samples/s summed over the members."""
     marks: dict[int, float] = {}
 
@@ -162,8 +162,8 @@ def batched_group(cfgs: list[Settings], device: torch.device, warmup: int, steps
             marks[step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_group(cfgs, [Path(tmp) / str(i) for i in range(len(cfgs))], [OnStep(on_step)])
-    return len(cfgs) * steps * cfgs[0].data.batch_size / (marks[warmup + steps] - marks[warmup])
+        train_group(runs, [Path(tmp) / str(i) for i in range(len(runs))], [OnStep(on_step)])
+    return len(runs) * steps * runs[0].data.batch_size / (marks[warmup + steps] - marks[warmup])
 
 
 def machine_name(device: torch.device) -> str:
@@ -224,27 +224,28 @@ def main() -> None:
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
 
-        def settings(*more: str) -> Settings:
+        def compose_settings(*more: str) -> Settings:
             return from_config(compose("train", overrides=[*overrides, *more]))
 
-        cfg = settings()
-        off_cfg, full_cfg = settings("stats=off"), settings("stats=full")
-        eager_cfg = settings("fast=false")
-        group_cfgs = [settings(*short, f"seed={seed}", f"trainer.accelerator={device.type}") for seed in range(group)]
-    datamodule, _, _ = build(cfg)
+        run = compose_settings()
+        off_run, full_run = compose_settings("stats=off"), compose_settings("stats=full")
+        eager_run = compose_settings("fast=false")
+        on_device = f"trainer.accelerator={device.type}"
+        group_runs = [compose_settings(*short, f"seed={seed}", on_device) for seed in range(group)]
+    datamodule, _, _ = build(run)
     warmup, steps = args.warmup, args.steps
     reference_name = "reference loop (plain PyTorch)"
     cases = {
-        reference_name: lambda: reference_loop(cfg, datamodule, device, warmup, steps),
-        "project, stats off": lambda: project_path(off_cfg, datamodule, device, warmup, steps),
-        "project, stats default": lambda: project_path(cfg, datamodule, device, warmup, steps),
-        "project, stats full": lambda: project_path(full_cfg, datamodule, device, warmup, steps),
-        "project, stats default, fast=false": lambda: project_path(eager_cfg, datamodule, device, warmup, steps),
-        "tutorial pipeline (DataLoader, 0 workers)": lambda: tutorial_pipeline(cfg, datamodule, device, warmup, steps),
+        reference_name: lambda: reference_loop(run, datamodule, device, warmup, steps),
+        "project, stats off": lambda: project_path(off_run, datamodule, device, warmup, steps),
+        "project, stats default": lambda: project_path(run, datamodule, device, warmup, steps),
+        "project, stats full": lambda: project_path(full_run, datamodule, device, warmup, steps),
+        "project, stats default, fast=false": lambda: project_path(eager_run, datamodule, device, warmup, steps),
+        "tutorial pipeline (DataLoader, 0 workers)": lambda: tutorial_pipeline(run, datamodule, device, warmup, steps),
     }
     batched_name = f"batched group of {group} runs (stats default, summed)"
     if group:
-        cases[batched_name] = lambda: batched_group(group_cfgs, device, warmup, steps)
+        cases[batched_name] = lambda: batched_group(group_runs, device, warmup, steps)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for repeat in range(args.repeats):
@@ -257,7 +258,7 @@ def main() -> None:
     machine = machine_name(device)
     lines = [
         f"{datetime.now():%Y-%m-%d}: depth {args.depth}, width {args.width}, batch {args.batch}, relu, "
-        f"{cfg.optim.target.rsplit('.', 1)[-1]}, matmul precision {args.matmul_precision}, "
+        f"{run.optim.name}, matmul precision {args.matmul_precision}, "
         f"{steps} timed steps x {args.repeats} repeats (median), device "
         f"{device} ({machine}), torch {torch.__version__}, lightning {L.__version__}",
         "",
@@ -290,7 +291,7 @@ def main() -> None:
             [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
         )
         profiler = torch.profiler.profile(activities=activities)
-        project_path(cfg, datamodule, device, warmup, steps, profiler)
+        project_path(run, datamodule, device, warmup, steps, profiler)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         table = profiler.key_averages().table(sort_by=sort, row_limit=20)
         print(f"\nwhere the project step's time goes ({steps} steps, stats default):\n{table}")

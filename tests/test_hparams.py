@@ -70,3 +70,46 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
     # hparams.yaml holds the same row (Lightning writes the file at the start, before there is a row to write)
     saved = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
     assert saved["init"] == init and saved["depth"] == depth and saved["theory/xi_c"] == start["theory/xi_c"]
+
+
+TINY_PHASE = """# @package _global_
+defaults:
+  - phase_diagram_cpu
+  - _self_
+hydra:
+  sweeper:
+    params:
+      init.sigma_w2: 1.0,4.0
+      depth: 6
+      trainer.max_steps: 3,5
+width: 16
+trainer:
+  limit_test_batches: 1
+"""
+
+
+def test_a_sweep_opens_on_the_keys_it_varies(tmp_path, mnist_root):
+    """experiment=phase_diagram_cpu varies init.sigma_w2 and the budget trainer.max_steps: both are HParams columns,
+    ticked when TensorBoard opens (here the same experiment on a grid of four tiny runs)."""
+    from conftest import train_cli
+
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "tiny_phase.yaml").write_text(TINY_PHASE)
+    runs = tmp_path / "runs"
+    done = train_cli("-m", "experiment=tiny_phase", f"hydra.searchpath=[file://{conf.parent}]", runs_dir=runs,
+                     data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sweep,) = runs.iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 4
+    rows = []
+    for job in jobs:
+        shown = []
+        start, _ = hparams_data(job, shown)
+        assert sorted(shown) == ["activation", "depth", "init", "init.sigma_w2", "trainer.max_steps"]
+        rows.append((start["init.sigma_w2"], start["trainer.max_steps"], start["init"]))
+    assert sorted(rows) == [(1.0, 3, "gaussian"), (1.0, 5, "gaussian"), (4.0, 3, "gaussian"), (4.0, 5, "gaussian")]
+    # the report's figures: TensorBoard opens a sweep of many runs with none ticked, so the last line says where
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert "sweep report: 4 runs: 4 ok" in last and "report_accuracy.png" in last and "tick the run 'report'" in last

@@ -172,11 +172,11 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
         apply_process_settings(settings.run)
         datamodule, module, init_used = build(settings)
         logger = record.open_logger()
-        stats = layer_stats(settings, init_used)
+        recording = layer_stats(settings, init_used)
         # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
         # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
         checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if settings.trainer.checkpointing else []
-        callbacks = [*([stats] if stats is not None else []), *checkpoints]
+        callbacks = [*([recording] if recording is not None else []), *checkpoints]
         trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         record.trainer = trainer
         check_strategy(trainer, settings.multirun)
@@ -200,7 +200,7 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         record.conclude(
-            metrics, module.val_acc_history, stats.history if stats is not None else {},
+            metrics, module.val_acc_history, recording.history if recording is not None else {},
             init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device),
             training_step=module.step_kind,
         )  # fmt: skip

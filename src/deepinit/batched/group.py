@@ -35,9 +35,9 @@ class Member:
         self.run_dir = record.run_dir
         self.record.configure(settings)
         self.logger = self.record.open_logger()
-        self.stats = layer_recorder(settings, init_used)
-        if self.stats is not None:
-            self.stats.open(model, self.logger.experiment, self.run_dir)
+        self.recorder = layer_recorder(settings, init_used)
+        if self.recorder is not None:
+            self.recorder.open(model, self.logger.experiment, self.run_dir)
         self.record.summary.theory = predict_trainability(settings, model, init_used)
         self.divergence: Divergence | None = None
         self.frozen: list[Tensor] = []  # its slices of the parameters, once diverged
@@ -50,7 +50,7 @@ class Member:
         return self.divergence is None
 
     def observes(self, step: int) -> bool:
-        return self.stats is not None and self.live and self.stats.observes(step)
+        return self.recorder is not None and self.live and self.recorder.observes(step)
 
 
 class MembersLogger(Logger):
@@ -173,7 +173,7 @@ class GroupModule(L.LightningModule):
         for member in observers:
             k = member.index
             grads = [t.grad[k] for t in pre] if all(t.grad is not None for t in pre) else None
-            member.stats.observe(step, x[k], [t[k] for t in pre], [t[k] for t in post], grads)
+            member.recorder.observe(step, x[k], [t[k] for t in pre], [t[k] for t in post], grads)
             for i, linear in enumerate(member.model.linears):  # the member's weight gradients, as views
                 linear.weight.grad = stack.weights[i].grad[k]
                 if stack.biases:
@@ -187,7 +187,7 @@ class GroupModule(L.LightningModule):
                 member.divergence = Divergence.at(step, self.current_epoch, losses[k], member.model, x[k])
                 member.frozen = [p[member.index].clone() for p in stack.parameters()]
         for member in observers:
-            member.stats.before_update()
+            member.recorder.before_update()
         self.group_step.update(optimizer)
         with torch.no_grad():
             for member in self.members:
@@ -195,7 +195,7 @@ class GroupModule(L.LightningModule):
                     for p, kept in zip(stack.parameters(), member.frozen, strict=True):
                         p[member.index].copy_(kept)
         for member in observers:
-            member.stats.end_step()
+            member.recorder.end_step()
             for p in member.model.parameters():
                 p.grad = None  # the views into this step's gradients
         live = self.live

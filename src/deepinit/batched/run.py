@@ -69,8 +69,8 @@ def _train_group(
                 trainer.test(group, dataloaders=datamodule.test_dataloader(), verbose=False)
         finally:
             for member in members:  # the CSV closed and the figures drawn, however the group ended
-                if member.stats is not None:
-                    member.stats.close(trainer.global_step if trainer is not None else 0)
+                if member.recorder is not None:
+                    member.recorder.close(trainer.global_step if trainer is not None else 0)
         first_error = None
         for member in members:  # one member's failure here (its checkpoint on a full disk) is its own
             try:
@@ -89,7 +89,7 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
     if member.divergence is not None:
         steps = member.divergence.step + 1
         record.diverged(member.divergence, member.settings.model.depth)
-    history = member.stats.history if member.stats is not None else {}
+    history = member.recorder.history if member.recorder is not None else {}
     record.conclude(
         member.metrics, member.val_acc_history, history,
         init=member.init_used, steps=steps, epochs=epochs, device=str(trainer.strategy.root_device),

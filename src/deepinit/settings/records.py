@@ -158,7 +158,7 @@ class OptimSettings(Target):
     @property
     def name(self) -> str:
         """The optimizer's short name (adam, sgd): its class's."""
-        return self.target.rsplit(".", 1)[-1].lower()
+        return self.factory().func.__name__.lower()
 
     @property
     def lr(self) -> float:
