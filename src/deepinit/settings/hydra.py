@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Sequence
@@ -87,17 +88,24 @@ def _swept(cfg: DictConfig) -> dict[str, Any]:
     """The config keys this job's sweep varies (a comma list or sweep function on the command line, or an
     experiment's hydra.sweeper.params), with this job's values: a group's by its chosen file's name."""
     hydra = HydraConfig.get()
-    # the command's own overrides: the job's are expanded, the sweep's are in its multirun.yaml (Hydra's record)
     master = Path(hydra.sweep.dir) / "multirun.yaml"
-    overrides = list(OmegaConf.load(master).hydra.overrides.task) if master.is_file() else []
-    overrides += [f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items()]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:
-        return {}
-    keys = dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override())
+    stamp = master.stat().st_mtime_ns if master.is_file() else None
+    params = tuple(f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items())
+    keys = _swept_keys(str(master), stamp, params)
     choices = hydra.runtime.choices
     return {key: choices[key] if key in choices else OmegaConf.select(cfg, key) for key in keys}
+
+
+@functools.lru_cache(maxsize=8)
+def _swept_keys(master: str, stamp: int | None, params: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys a sweep varies, read once per sweep (every job of it asks): the command's own overrides (a job's
+    are expanded; the sweep's are in its multirun.yaml, Hydra's record of the command) and the sweeper's params."""
+    overrides = list(OmegaConf.load(master).hydra.overrides.task) if stamp is not None else []
+    try:
+        parsed = OverridesParser.create().parse_overrides([*overrides, *params])
+    except OverrideParseException:
+        return ()
+    return tuple(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
 
 
 def _first_line(e: BaseException) -> str:

@@ -155,7 +155,7 @@ class OptimSettings(Target):
         the optimizer's class."""
         return self.make(partial=True)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The optimizer's short name (adam, sgd): its class's."""
         return self.factory().func.__name__.lower()
