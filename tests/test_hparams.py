@@ -52,6 +52,8 @@ def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, stat
     theory = summary.theory
     assert start["theory/chi_1"] == pytest.approx(theory.chi_1) and start["theory/xi_c"] == theory.xi_c
     assert start["theory/depth_over_xi_c"] == pytest.approx(depth / theory.xi_c)
+    # relu with i.i.d. weights: each of the depth - 2 square layers adds v_W + v_D = 1 + 1 to the Jacobian's spread
+    assert start["theory/jacobian_spread"] == pytest.approx(theory.jacobian_spread) == pytest.approx(2 * (depth - 2))
     assert (theory.phase, theory.chi_1) == (("critical", 1.0) if init == "kaiming" else ("chaotic", 128.0))
     assert start["init"] == init and start["depth"] == depth and start["optimizer"] == "adam"
     assert start["lr"] == pytest.approx(3e-4) and start["activation"] == "relu" and start["data"] == "MNIST"

@@ -238,6 +238,52 @@ def test_isometry_theory_and_hutchinson_estimate_against_exact_spectra(activatio
     assert estimate[1] == pytest.approx(s2, rel=0.15, abs=0.02)
 
 
+# The verdict's conditioning: tanh near q* = 0 (sigma_w^2 1.05, sigma_b^2 2e-5: q* ~ 0.0004) and far from it
+# (sigma_w^2 2.5, sigma_b^2 0.05: q* ~ 1.3), orthogonal against i.i.d. weights; relu, which no weights make isometric.
+@pytest.mark.parametrize(
+    "activation, scheme, options, isometric",
+    [
+        ("tanh", "orthogonal", {"gain": 1.05**0.5, "bias_std": 2e-5**0.5}, True),
+        ("tanh", "gaussian", {"sigma_w2": 1.05, "sigma_b2": 2e-5}, False),
+        ("tanh", "orthogonal", {"gain": 2.5**0.5, "bias_std": 0.05**0.5}, False),
+        ("tanh", "gaussian", {"sigma_w2": 2.5, "sigma_b2": 0.05}, False),
+        ("relu", "orthogonal", {}, False),
+        ("relu", "kaiming", {}, False),
+    ],
+)
+def test_the_verdicts_jacobian_spread_against_exact_spectra(activation, scheme, options, isometric):
+    # L << n, where the infinite-width (free probability) spread holds: 24 square layers of width 256
+    torch.manual_seed(5)
+    depth, width = 26, 256
+    model = MLP(depth=depth, width=width, activation=activation).double()
+    init = init_of(scheme, **options)
+    used = initialize(model, init)
+    x1 = model.activations[0](model.linears[0](torch.randn(8, 784, dtype=torch.float64)))
+    m1, s2 = exact_spectrum([(model.linears[i], model.activations[i]) for i in range(1, depth - 1)], x1)
+    t = theory.trainability(model, **init.theory_inputs(used))
+    assert t.isometric is isometric and (t.spread_per_layer < theory.ISOMETRIC_RATE) is isometric
+    assert s2 == pytest.approx(t.jacobian_spread, rel=0.15, abs=0.03)
+    assert math.log(m1 / t.jacobian_m1) == pytest.approx(0, abs=0.3)
+    if isometric:  # near-isometric: the whole stack's spread stays far below one per layer
+        assert s2 < 0.1 * (depth - 2)
+    statement = theory.conditioning(t)
+    assert statement.endswith("near-isometric" if isometric else "expect training to slow with depth"), statement
+
+
+@pytest.mark.parametrize(
+    "activation, q, expected",
+    [("linear", 0.7, 0.0), ("relu", 0.3, 1.0), ("relu", 5.0, 1.0), ("tanh", 0.05, None), ("tanh", 1.3, None)],
+)
+def test_derivative_spread_against_monte_carlo(activation, q, expected):
+    z = np.random.default_rng(0).standard_normal(4_000_000)
+    d2 = ACTIVATIONS[activation].dphi(np.sqrt(q) * z) ** 2
+    sampled = d2.var() / d2.mean() ** 2 if d2.mean() > 0 else 0.0
+    value = theory.derivative_spread(activation, q)
+    assert value == pytest.approx(sampled, rel=0.01, abs=1e-4)
+    if expected is not None:
+        assert value == pytest.approx(expected, abs=1e-9)
+
+
 # --- depth scales (docs/theory.md 6) against Monte Carlo -------------------------------------------------------------
 @pytest.mark.parametrize(
     "sigma_b2, sigma_w2", [(0.0, 1.0), (0.01, 1.42421), (0.05, 1.76095), (0.1, 1.98607), (0.3, 2.50513), (1.0, 3.44321)]

@@ -32,7 +32,7 @@ from deepinit import stats
 from deepinit.figures import depth_profile_figure, heatmap_figure
 from deepinit.model import MLP
 from deepinit.settings.records import StatsSettings
-from deepinit.theory.overlay import step0_overlay
+from deepinit.theory.overlay import jacobian_measured, step0_overlay
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
@@ -109,6 +109,7 @@ class LayerRecorder:
         self._grads: list[Tensor | None] = [None] * depth
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._before: list[Tensor] | None = None
+        self._jacobian: Tensor | None = None
         self._handles = []
 
     def observe(
@@ -147,13 +148,24 @@ class LayerRecorder:
             self._before = [w.detach().clone() for w in weights]
         if "weight_grads" in self.groups and all(w.grad is not None for w in weights):
             self._pending = stats.weight_stats([w.detach() for w in weights], [w.grad.detach() for w in weights])
+        self._unhook()  # forward and backward are done; the Jacobian's passes below must not be captured
+        if self._predicting():  # the Jacobian of the initialization, before the first update changes it
+            self._jacobian = jacobian_measured(self.model, self._post[0], self.isometry_max_depth)
+
+    def _unhook(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _predicting(self) -> bool:
+        """Whether this step gets the theory beside it: the first recorded one, with the init's theory given."""
+        return self.theory is not None and not self.prediction and self._post[0] is not None
 
     def end_step(self) -> None:
         """Compute the step's statistics (on the device, one host transfer) and write them."""
         if self._step is None:
             return
-        for handle in self._handles:
-            handle.remove()
+        self._unhook()
         step, self._step = self._step, None
         weights = [lin.weight.detach() for lin in self.model.linears]
         found: dict[str, dict[str, Tensor]] = {}
@@ -167,7 +179,7 @@ class LayerRecorder:
             before_std = self._pending["weights"]["std"] if self._pending else None
             found |= stats.update_stats(self._before, weights, before_std)
         found = {g: q for g, q in found.items() if g in self.groups}
-        if self.theory is not None and not self.prediction and "preactivations" in found:
+        if self._predicting() and "preactivations" in found:
             found |= self._predict(found)
         self._record(step, found)
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
@@ -176,9 +188,12 @@ class LayerRecorder:
 
     def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Theory at the first logging step (the initialization), next to what was just measured."""
+        if self._jacobian is None:  # the update was skipped (a diverged step): the weights are the init's still
+            self._jacobian = jacobian_measured(self.model, self._post[0], self.isometry_max_depth)
         self.prediction, groups, self.theory_note = step0_overlay(
-            self.model, self._input, self._post[0], found, self.theory, self.isometry_max_depth
+            self.model, self._input, found, self.theory, self._jacobian
         )
+        self._jacobian = None
         return groups
 
     # --- output ----------------------------------------------------------------------------------------------

@@ -37,11 +37,13 @@ def shown_columns(swept: dict[str, Any]) -> list[str]:
 
 
 def hparams_row(summary: Summary, swept: dict[str, Any]) -> dict[str, Any]:
-    """The HParams row: the config essentials, the keys the sweep varies, the theory's chi_1, xi_c and depth / xi_c."""
+    """The HParams row: the config essentials, the keys the sweep varies, the theory's chi_1, xi_c, depth / xi_c and
+    the Jacobian's predicted spread."""
     row = {**(summary.config or {}), **{k: v for k, v in swept.items() if k not in (summary.config or {})}}
     if summary.theory is not None:
         t = summary.theory
-        row.update({"theory/chi_1": t.chi_1, "theory/xi_c": t.xi_c, "theory/depth_over_xi_c": t.depth_over_xi_c})
+        row.update({"theory/chi_1": t.chi_1, "theory/xi_c": t.xi_c, "theory/depth_over_xi_c": t.depth_over_xi_c,
+                    "theory/jacobian_spread": t.jacobian_spread})
     return row
 
 

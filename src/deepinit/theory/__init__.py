@@ -10,7 +10,8 @@ gradient of the logits (the theory does not predict the loss's own gradient).
 - moments.py: expectations over a Gaussian pre-activation (V(q), E phi, E phi'^2, pairs at correlation c);
 - profile.py: the layer-by-layer prediction with its finite-width band, sigma_w^2 per scheme, the Jacobian spectrum;
 - depth_scales.py: fixed points, the correlation map, chi_1, xi_q, xi_c, the phase, the edge of chaos;
-- verdict.py: a run's verdict before its first step (Trainability) and the line it prints;
+- verdict.py: a run's verdict before its first step (Trainability: depth scales and the Jacobian's conditioning)
+  and the line it prints;
 - overlay.py: the theory at step 0 next to what a run's layer statistics measured.
 """
 
@@ -24,6 +25,7 @@ from deepinit.theory.depth_scales import (
 )
 from deepinit.theory.moments import (
     derivative_second_moment,
+    derivative_spread,
     fourth_moment_ratio,
     gauss_expect,
     mean,
@@ -31,11 +33,11 @@ from deepinit.theory.moments import (
     second_moment,
 )
 from deepinit.theory.profile import Prediction, isometry, measured_sigma_w2, predict, predict_model, scheme_sigma_w2
-from deepinit.theory.verdict import Trainability, trainability, verdict
+from deepinit.theory.verdict import ISOMETRIC_RATE, Trainability, conditioning, trainability, verdict
 
 __all__ = [
-    "TRAINABLE_XI", "Prediction", "Trainability", "correlation_profile", "correlation_step", "depth_scales",
-    "derivative_second_moment", "edge_of_chaos", "fixed_point_q", "fourth_moment_ratio", "gauss_expect", "isometry",
+    "ISOMETRIC_RATE", "TRAINABLE_XI", "Prediction", "Trainability", "conditioning", "correlation_profile",
+    "correlation_step", "depth_scales", "derivative_second_moment", "derivative_spread", "edge_of_chaos", "fixed_point_q", "fourth_moment_ratio", "gauss_expect", "isometry",
     "mean", "measured_sigma_w2", "pair_expect", "predict", "predict_model", "scheme_sigma_w2", "second_moment",
     "trainability", "verdict",
 ]  # fmt: skip

@@ -66,3 +66,11 @@ def pair_expect(fn: Callable[[np.ndarray], np.ndarray], q: float, c: float) -> f
     c = min(max(c, -1.0), 1.0)
     u1, u2 = r * _Z1, r * (c * _Z1 + math.sqrt(1 - c * c) * _Z2)
     return float(np.sum(_W2 * fn(u1) * fn(u2)))
+
+
+def derivative_spread(activation: str, q: float) -> float:
+    """v_D = mu2 / mu1^2 - 1, mu_k = E phi'(sqrt(q) z)^(2k): the spread of phi'^2 that each layer adds to the
+    Jacobian's spectrum (docs/theory.md 4: 0 for linear, 1 for relu, tanh 0.0133 at q = 0.05)."""
+    mu1 = derivative_second_moment(activation, q)
+    mu2 = gauss_expect(lambda x: ACTIVATIONS[activation].dphi(x) ** 4, q)
+    return mu2 / mu1**2 - 1

@@ -16,16 +16,28 @@ from deepinit.theory.depth_scales import correlation_profile
 from deepinit.theory.profile import Prediction, isometry, predict_model
 
 
+def jacobian_measured(model: MLP, first_activation: Tensor, isometry_max_depth: int) -> Tensor | None:
+    """[m1, s^2] of the square hidden stack's Jacobian (layers 2..L-1: x_1 -> x_{L-1}) at 16 inputs of the batch
+    (first_activation: their x_1), 16 Hutchinson probes each, or None outside 4 <= depth <= isometry_max_depth. To be
+    taken before the first update: the prediction is of the initialization (one Adam step at depth 200 already
+    moves the spread from 1.7 to 3)."""
+    depth = model.depth
+    if not 4 <= depth <= isometry_max_depth:
+        return None
+    # the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
+    pairs = [(model.linears[i], model.activations[i]) for i in range(1, depth - 1)]
+    return stats.jacobian_spectrum(pairs, first_activation[:16])
+
+
 def step0_overlay(
     model: MLP,
     x: Tensor,
-    first_activation: Tensor,
     found: dict[str, dict[str, Tensor]],
     inputs: dict[str, Any],
-    isometry_max_depth: int,
+    jacobian: Tensor | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Tensor]], str]:
-    """For the model's step-0 batch x (its first layer's activations first_activation) and what was measured there
-    (found: group -> quantity -> per-layer values), with the init as theory.predict_model takes it (inputs): the
+    """For the model's step-0 batch x and what was measured there (found: group -> quantity -> per-layer values;
+    jacobian: jacobian_measured's [m1, s^2], or None), with the init as theory.predict_model takes it (inputs): the
     curves the figures draw, the `theory` and `isometry` groups to record, and where sigma_w^2 came from."""
     input_sqr = x.flatten(1).double().square().mean().item()
     pred, note = predict_model(model, input_sqr=input_sqr, **inputs)
@@ -44,14 +56,9 @@ def step0_overlay(
         last = found["gradients"]["sqr"][-1].item()
         curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
     groups = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
-    depth = model.depth
-    if 4 <= depth <= isometry_max_depth:
-        # J over the square hidden stack, layers 2..L-1 (x_1 -> x_{L-1}), at 16 inputs of this batch with 16
-        # probes each: the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
-        hidden = range(1, depth - 1)
-        pairs = [(model.linears[i], model.activations[i]) for i in hidden]
-        m1, s2 = stats.jacobian_spectrum(pairs, first_activation[:16]).tolist()
-        expected = isometry(model.activation, pred, hidden)
+    if jacobian is not None:
+        m1, s2 = jacobian.tolist()
+        expected = isometry(model.activation, pred, range(1, model.depth - 1))
         values = [m1, s2, expected["m1"], expected["s2"]]
         names = ["mean_sq_singular", "spread", "theory_mean_sq_singular", "theory_spread"]
         groups["isometry"] = {k: torch.tensor([v]) for k, v in zip(names, values, strict=True)}

@@ -10,9 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from deepinit.activations import ACTIVATIONS
 from deepinit.init_schemes import SCHEMES, bias_variance
-from deepinit.theory.moments import derivative_second_moment, fourth_moment_ratio, gauss_expect, mean, second_moment
+from deepinit.theory.moments import (
+    derivative_second_moment,
+    derivative_spread,
+    fourth_moment_ratio,
+    mean,
+    second_moment,
+)
 
 
 def scheme_sigma_w2(
@@ -132,10 +137,7 @@ def isometry(activation: str, pred: Prediction, layers: range) -> dict[str, floa
     squared singular value m1 = prod sigma_w^2 mu1 and the spread s^2 ~ sum (v_W + v_D), v_W = 1 for
     Gaussian and 0 for orthogonal weights, v_D = mu2 / mu1^2 - 1 with mu_k = E phi'(h)^(2k)."""
     m1, s2 = 1.0, 0.0
-    dphi = ACTIVATIONS[activation].dphi
     for layer in layers:
-        mu1 = derivative_second_moment(activation, pred.q[layer])
-        mu2 = gauss_expect(lambda x: dphi(x) ** 4, pred.q[layer])
-        m1 *= pred.sigma_w2[layer] * mu1
-        s2 += (0.0 if pred.orthogonal else 1.0) + mu2 / mu1**2 - 1
+        m1 *= pred.sigma_w2[layer] * derivative_second_moment(activation, pred.q[layer])
+        s2 += (0.0 if pred.orthogonal else 1.0) + derivative_spread(activation, pred.q[layer])
     return {"m1": m1, "s2": s2}

@@ -9,8 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepinit.init_schemes import SCHEMES, bias_variance
-from deepinit.theory.depth_scales import depth_scales
-from deepinit.theory.profile import measured_sigma_w2, scheme_sigma_w2
+from deepinit.theory.depth_scales import Q_UNBOUNDED, depth_scales
+from deepinit.theory.moments import derivative_spread
+from deepinit.theory.profile import isometry, measured_sigma_w2, predict_model, scheme_sigma_w2
+
+# The per-layer spread below which a network counts as near-isometric: tanh at q* = 0.05 adds 0.013 a layer,
+# at q* = 0.25 already 0.14; i.i.d. weights add 1 and relu 1 whatever the weights, so neither can be isometric.
+ISOMETRIC_RATE = 0.05
 
 
 @dataclass
@@ -32,6 +37,13 @@ class Trainability:
     trainable_depth: float
     depth_over_xi_c: float
     within: bool  # depth < 6 xi_c
+    # the Jacobian of the square stack (layers 2..L-1) at step 0 (docs/theory.md 4): mean squared singular value, the
+    # spread s^2 = var / mean^2 of the squared singular values, layer by layer from the input's q (MNIST's, 1), and
+    # the spread added per layer at the fixed point q*; isometric: that rate is below ISOMETRIC_RATE
+    jacobian_m1: float
+    jacobian_spread: float
+    spread_per_layer: float
+    isometric: bool
     assumed: list[str]
 
 
@@ -58,10 +70,30 @@ def trainability(
     sigma_b2 = 0.0 if first.bias is None else bias_variance(bias_std, fan_in)
     scales = depth_scales(model.activation, sigma_w2, sigma_b2)
     depth = model.depth
+    # the step-0 profile from a unit input (normalized MNIST: E x^2 = 1), the stack the recorder measures
+    pred, _ = predict_model(model, scheme, gain, std, input_sqr=1.0, bias_std=bias_std)
+    spectrum = isometry(model.activation, pred, range(1, depth - 1))
+    q_star = scales["q_star"] if math.isfinite(scales["q_star"]) else Q_UNBOUNDED
+    rate = (0.0 if SCHEMES[scheme].orthogonal else 1.0) + derivative_spread(model.activation, q_star)
     return Trainability(
         sigma_w2=sigma_w2, sigma_b2=sigma_b2, activation=model.activation, depth=depth, **scales,
-        depth_over_xi_c=depth / scales["xi_c"], within=depth < scales["trainable_depth"], assumed=assumed,
+        depth_over_xi_c=depth / scales["xi_c"], within=depth < scales["trainable_depth"],
+        jacobian_m1=spectrum["m1"], jacobian_spread=spectrum["s2"], spread_per_layer=rate,
+        isometric=rate < ISOMETRIC_RATE, assumed=assumed,
     )  # fmt: skip
+
+
+def conditioning(t: Trainability) -> str:
+    """How well conditioned the network is at step 0, in words: near-isometric, or a spread that grows with the
+    depth (Pennington, Schoenholz & Ganguli 2017: learning then slows with depth)."""
+    if t.depth < 4:
+        return "Jacobian: no square stack to speak of"
+    head = f"Jacobian of layers 2-{t.depth - 1}: mean squared singular value {t.jacobian_m1:.3g}, spread"
+    if t.isometric:
+        rate = f"{t.spread_per_layer:.2g} per layer at q*"
+        return f"{head} {t.jacobian_spread:.3g} at depth {t.depth}, {rate}: near-isometric"
+    about = "about the depth" if t.spread_per_layer >= 0.5 else f"{t.spread_per_layer:.2g} x the depth"
+    return f"{head} {t.jacobian_spread:.3g}, {about}: expect training to slow with depth"
 
 
 def verdict(t: Trainability) -> str:
@@ -76,5 +108,5 @@ def verdict(t: Trainability) -> str:
         reach = (
             f"xi_c={t.xi_c:.3g}, trains to about 6 xi_c = {t.trainable_depth:.0f} layers; depth {t.depth} is {where}"
         )
-    line = f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}"
+    line = f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}"
     return line + "".join(f"; assumed: {note}" for note in t.assumed)
