@@ -42,8 +42,8 @@ def hparams_row(summary: Summary, swept: dict[str, Any]) -> dict[str, Any]:
     row = {**(summary.config or {}), **{k: v for k, v in swept.items() if k not in (summary.config or {})}}
     if summary.theory is not None:
         t = summary.theory
-        row.update({"theory/chi_1": t.chi_1, "theory/xi_c": t.xi_c, "theory/depth_over_xi_c": t.depth_over_xi_c,
-                    "theory/jacobian_spread": t.jacobian_spread})
+        row |= {"theory/chi_1": t.chi_1, "theory/xi_c": t.xi_c, "theory/depth_over_xi_c": t.depth_over_xi_c,
+                "theory/jacobian_spread": t.jacobian_spread}  # fmt: skip
     return row
 
 

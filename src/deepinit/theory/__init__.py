@@ -37,7 +37,7 @@ from deepinit.theory.verdict import ISOMETRIC_RATE, Trainability, conditioning, 
 
 __all__ = [
     "ISOMETRIC_RATE", "TRAINABLE_XI", "Prediction", "Trainability", "conditioning", "correlation_profile",
-    "correlation_step", "depth_scales", "derivative_second_moment", "derivative_spread", "edge_of_chaos", "fixed_point_q", "fourth_moment_ratio", "gauss_expect", "isometry",
-    "mean", "measured_sigma_w2", "pair_expect", "predict", "predict_model", "scheme_sigma_w2", "second_moment",
-    "trainability", "verdict",
+    "correlation_step", "depth_scales", "derivative_second_moment", "derivative_spread", "edge_of_chaos",
+    "fixed_point_q", "fourth_moment_ratio", "gauss_expect", "isometry", "mean", "measured_sigma_w2", "pair_expect",
+    "predict", "predict_model", "scheme_sigma_w2", "second_moment", "trainability", "verdict",
 ]  # fmt: skip
