@@ -156,3 +156,16 @@ def test_graph_group_bookkeeping_on_cpu(tmp_path, mnist_root, graphs_on_cpu):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph needs a GPU (checked on the GPU machine)")
 def test_cuda_graph_group_trains_as_the_eager_group(tmp_path, mnist_root):
     graph_group_against_eager_group(tmp_path, mnist_root, "gpu")
+
+
+def test_each_member_measures_its_learning_speed_as_it_would_alone(lone_and_batched):
+    root, _, lone, batched = lone_and_batched
+    for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):
+        a, b = alone["speed"], member["speed"]
+        assert [s for s, _ in a["curve"]] == [s for s, _ in b["curve"]] == [0, 50]
+        # same weights up to float rounding: on 1024 images an accuracy moves by 1/1024 per flipped prediction
+        for (_, acc_a), (_, acc_b) in zip(a["curve"], b["curve"], strict=True):
+            assert acc_b == pytest.approx(acc_a, abs=0.01), init
+        assert b["curve"][-1][1] > b["curve"][0][1] + 0.2  # it learned
+        logged = read_events(root / f"batched_{init}").Scalars("speed/val_acc")
+        assert [(e.step, pytest.approx(e.value)) for e in logged] == [tuple(p) for p in b["curve"]]

@@ -54,7 +54,12 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def applies(rows: list[dict[str, Any]]) -> bool:
-    return len({r["sigma_w2"] for r in rows}) > 1 and len({r["depth"] for r in rows}) > 1
+    """A grid over sigma_w^2 and depth of one activation (the diagram's lines are that activation's)."""
+    return (
+        len({r["sigma_w2"] for r in rows}) > 1
+        and len({r["depth"] for r in rows}) > 1
+        and (len({r["activation"] for r in rows}) == 1)
+    )
 
 
 def cells(rows: list[dict[str, Any]]) -> dict[tuple[int, float, int], dict[str, Any]]:

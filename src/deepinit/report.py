@@ -1,7 +1,8 @@
 """The sweep report: every run of a multirun in one table and a few figures, written into the sweep folder.
 
 `summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
-`report.md` and `report_*.png` (and deepinit.phase's `phase.csv` for a sweep over sigma_w^2 and depth), and logs
+`report.md` and `report_*.png` (and deepinit.phase's `phase.csv` for a sweep over sigma_w^2 and depth,
+deepinit.speed_report's `speed.csv` for runs that measured their learning speed at several depths), and logs
 the figures to TensorBoard under `<sweep>/report`.
 The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
 scripts/summarize.py calls it by hand.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from deepinit import phase
+from deepinit import phase, speed_report
 from deepinit.figures import plt
 from deepinit.summary import Summary
 from deepinit.sweep import running_elsewhere
@@ -239,6 +240,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         stale.unlink()  # a resumed sweep's report replaces the earlier one in TensorBoard, not beside it
     writer = SummaryWriter(str(sweep_dir / "report"))
     text = [head, "## Over seeds", "\n".join(aggregate_lines(rows)), *phase.write(sweep_dir, rows, writer)]
+    text += speed_report.write(sweep_dir, rows, writer)
     text += ["## Every run", "\n".join(lines)]
     (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
     for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):

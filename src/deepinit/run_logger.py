@@ -58,6 +58,8 @@ def hparams_metrics(summary: Summary, history: dict[tuple[str, str], list]) -> d
     }
     out["final/diverged"] = float(summary.status == "diverged")
     out["final/divergence_step"] = float(summary.divergence.step if summary.divergence is not None else -1)
+    reached = summary.speed.steps_to_target if summary.speed is not None else None
+    out["final/steps_to_target"] = nan if reached is None else float(reached)  # NaN: never, or not measured
     # Step-0 diagnostics of the init itself: how far the forward signal and the gradient drift across depth.
     act = dict(history.get(("activations", "sqr"), [])).get(0)
     grad = dict(history.get(("gradients", "sqr"), [])).get(0)

@@ -3,9 +3,9 @@ members alike) and every reader (the sweep report, the phase diagram, a rerun's 
 
 A run's summary.json holds: status (ok, diverged, interrupted, failed) and its one-line reason; config (the
 essentials); run_dir; started; and, as the run gets there: settings (the whole composed config), theory (the
-verdict on its init), resumed (each resumption), steps, epochs, metrics, divergence, init (what it used), device,
-training_step, hparams_metrics, checkpoint (where an interrupted run can go on from), wall_time_s. A field the run
-never reached is left out of the file.
+verdict on its init), resumed (each resumption), steps, epochs, metrics, speed (deepinit.speed), divergence, init
+(what it used), device, training_step, hparams_metrics, checkpoint (where an interrupted run can go on from),
+wall_time_s. A field the run never reached is left out of the file.
 """
 
 from __future__ import annotations
@@ -74,6 +74,18 @@ class Metrics:
 
 
 @dataclass
+class Speed:
+    """summary.json's `speed`: the target, how often and on how many validation images accuracy was measured, the
+    first measured step at or above the target (None: never, within the run), and the curve [[step, accuracy]]."""
+
+    target_acc: float
+    every_n_steps: int
+    samples: int
+    steps_to_target: int | None
+    curve: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
 class Summary:
     status: str = "failed"
     reason: str | None = None
@@ -86,6 +98,7 @@ class Summary:
     steps: int | None = None
     epochs: int | None = None
     metrics: Metrics | None = None
+    speed: Speed | None = None
     divergence: Divergence | None = None
     init: dict[str, Any] | None = None
     device: str | None = None

@@ -32,6 +32,7 @@ from deepinit.provision import DATASETS
 from deepinit.recorder import LayerRecorder
 from deepinit.settings.records import RunSettings, Settings
 from deepinit.settings.rules import ConfigError
+from deepinit.speed import LearningSpeed, speed_tracker
 from deepinit.summary import Summary
 from deepinit.sweep import INTERRUPTED_CHECKPOINT
 
@@ -173,10 +174,12 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
         datamodule, module, init_used = build(settings)
         logger = record.open_logger()
         recording = layer_stats(settings, init_used)
+        tracker = speed_tracker(settings.speed, datamodule.splits["val"])
+        speed = [LearningSpeed(tracker, settings.data.eval_batch_size)] if tracker is not None else []
         # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
         # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
         checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if settings.trainer.checkpointing else []
-        callbacks = [*([recording] if recording is not None else []), *checkpoints]
+        callbacks = [*([recording] if recording is not None else []), *speed, *checkpoints]
         trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         record.trainer = trainer
         check_strategy(trainer, settings.multirun)
@@ -202,6 +205,6 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
         record.conclude(
             metrics, module.val_acc_history, recording.history if recording is not None else {},
             init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device),
-            training_step=module.step_kind,
+            training_step=module.step_kind, speed=tracker.result() if tracker is not None else None,
         )  # fmt: skip
     return record.summary

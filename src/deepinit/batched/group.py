@@ -21,17 +21,25 @@ from deepinit.model import MLP
 from deepinit.module import logs_now
 from deepinit.private_api import count_replayed_update
 from deepinit.settings.records import Settings
+from deepinit.speed import SpeedTracker, accuracies
 from deepinit.summary import Divergence
 from deepinit.train import layer_recorder, predict_trainability
 
 
 class Member:
-    """One run of the group: its settings, folder, record, logger, layer statistics and results."""
+    """One run of the group: its settings, folder, record, logger, layer statistics, learning speed and results."""
 
     def __init__(
-        self, index: int, settings: Settings, record: RunRecord, model: MLP, init_used: dict[str, Any]
+        self,
+        index: int,
+        settings: Settings,
+        record: RunRecord,
+        model: MLP,
+        init_used: dict[str, Any],
+        speed: SpeedTracker | None = None,
     ) -> None:
         self.index, self.settings, self.record, self.model, self.init_used = index, settings, record, model, init_used
+        self.speed = speed
         self.run_dir = record.run_dir
         self.record.configure(settings)
         self.logger = self.record.open_logger()
@@ -202,12 +210,32 @@ class GroupModule(L.LightningModule):
         if not live:
             self.trainer.should_stop = True
             return
+        self._measure_speed()
         if not logs_now(self.trainer, batch_idx):
             return
         # what Lightning writes (MembersLogger gives each member its own value); the means are for the progress bar
         self.log("train/loss", sum(m.values["train/loss"] for m in live) / len(live), prog_bar=True)
         self.log("train/acc", sum(m.values["train/acc"] for m in live) / len(live))
         self.log("diverged", float(len(self.members) - len(live)), prog_bar=True, logger=False)
+
+    def on_train_start(self) -> None:
+        self._measure_speed()  # step 0: the initializations' accuracy
+
+    def _measure_speed(self) -> None:
+        """Each live member's learning speed (deepinit.speed) where it is due: one evaluation of the stack on the
+        members' common validation images (equal settings in a group: the same images, the same steps)."""
+        step = self.global_step
+        due = [m for m in self.live if m.speed is not None and m.speed.due(step)]
+        if not due:
+            return
+        tracker = due[0].speed
+        tracker.x, tracker.y = tracker.x.to(self.device), tracker.y.to(self.device)
+        k = len(self.members)
+        chunk = self.members[0].settings.data.eval_batch_size
+        accs = accuracies(lambda x: self.stack(x.expand(k, *x.shape)), tracker.x, tracker.y, chunk).tolist()
+        for member in due:
+            member.speed.record(step, accs[member.index])
+            member.logger.log_metrics({"speed/val_acc": accs[member.index]}, step)
 
     # --- evaluation: every member on the same batches, each its own mean as Lightning's epoch mean -------------
     def _evaluate(self, batch: tuple[Tensor, Tensor]) -> None:

@@ -17,6 +17,7 @@ from deepinit.batched.stacked import StackedBatches, StackedMLP
 from deepinit.data import TensorBatches
 from deepinit.lifecycle import RunRecord
 from deepinit.settings.records import Settings
+from deepinit.speed import speed_tracker
 from deepinit.summary import Summary, write_whole
 from deepinit.train import apply_process_settings, build, job_scope
 
@@ -47,7 +48,8 @@ def _train_group(
             for k, (own, run_dir) in enumerate(zip(settings, run_dirs, strict=True)):
                 record = records.enter_context(RunRecord(run_dir))
                 datamodule, module, init_used = build(own, datamodule)  # exactly as the lone run builds its model
-                members.append(Member(k, own, record, module.model, init_used))
+                tracker = speed_tracker(own.speed, datamodule.splits["val"])
+                members.append(Member(k, own, record, module.model, init_used, tracker))
             trainer = first.trainer.make(
                 logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
                 callbacks=list(callbacks), default_root_dir=str(Path(run_dirs[0]).parent),
@@ -93,7 +95,7 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
     record.conclude(
         member.metrics, member.val_acc_history, history,
         init=member.init_used, steps=steps, epochs=epochs, device=str(trainer.strategy.root_device),
-        training_step=kind,
+        training_step=kind, speed=member.speed.result() if member.speed is not None else None,
     )  # fmt: skip
     if checkpointing:
         # Lightning checkpoints the module it trains, the stack; a member's file is its own model's weights under

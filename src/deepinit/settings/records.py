@@ -1,6 +1,7 @@
 """What a run is, as frozen records built once from the composed config: the model, its init (the scheme's own
-record, deepinit.init_schemes), the data, the layer statistics, the optimizer and the Trainer, and the run-level
-settings. Every range check is here (each record's fields carry their rule); everything below takes these records.
+record, deepinit.init_schemes), the data, the layer statistics, the learning-speed measurement, the optimizer and
+the Trainer, and the run-level settings. Every range check is here (each record's fields carry their rule);
+everything below takes these records.
 
 `Settings.from_dict(config)` builds them from the composed config as plain data (deepinit.settings.hydra turns
 Hydra's DictConfig into that); the keys that do not change results, the batched group key and the essentials a
@@ -112,6 +113,23 @@ class StatsSettings(Checked):
 
 
 @dataclass(frozen=True)
+class SpeedSettings(Checked):
+    """How fast the run learns (deepinit.speed): accuracy on the first `samples` validation images every
+    `every_n_steps` steps, and the first step at `target_acc`; enabled false: not measured."""
+
+    PREFIX = "speed"
+    enabled: bool = setting(flag())
+    target_acc: float = setting(number(above=0))
+    every_n_steps: int = setting(integer(1))
+    samples: int = setting(integer(1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_acc > 1:
+            raise ConfigError(f"speed.target_acc must be a number > 0 and <= 1 (got {self.target_acc})")
+
+
+@dataclass(frozen=True)
 class Target:
     """A `_target_` group left open to its class's own arguments (optim.*, trainer.*): the class checks them, and
     its refusal is one line naming the group."""
@@ -210,6 +228,7 @@ class Settings:
     init: InitSettings
     data: DataSettings
     stats: StatsSettings
+    speed: SpeedSettings
     optim: OptimSettings
     trainer: TrainerSettings
     run: RunSettings
@@ -217,7 +236,7 @@ class Settings:
     multirun: bool = False
     swept: dict[str, Any] = field(default_factory=dict)
 
-    GROUPS = ("data", "init", "stats", "optim", "trainer")
+    GROUPS = ("data", "init", "stats", "speed", "optim", "trainer")
     # The settings that do not change a run's results: a sweep's name leaves them out, a rerun compares its settings
     # without them, a batched group lets them differ.
     NEUTRAL = _flagged("neutral")
@@ -240,11 +259,12 @@ class Settings:
             if not isinstance(config.get(group), dict):
                 raise ConfigError(f"the config has no {group} group (choose one: {group}=<name>)")
         model, run = (record.from_dict({k: top[k] for k in record.keys() if k in top}) for record in TOP_LEVEL)
-        return cls(
+        settings = cls(
             model=model,
             init=init_settings(config["init"]),
             data=DataSettings.from_dict(config["data"]),
             stats=StatsSettings.from_dict(config["stats"]),
+            speed=SpeedSettings.from_dict(config["speed"]),
             optim=OptimSettings.from_dict("optim", config["optim"]),
             trainer=TrainerSettings.from_dict("trainer", config["trainer"]),
             run=run,
@@ -252,6 +272,10 @@ class Settings:
             multirun=multirun,
             swept=dict(swept or {}),
         )
+        if settings.speed.enabled and settings.data.val_size == 0:
+            raise ConfigError("speed is measured on validation images, and data.val_size=0 holds none; set "
+                              "data.val_size > 0 or speed=off")  # fmt: skip
+        return settings
 
     def essentials(self) -> dict[str, Any]:
         """The settings a reader compares runs by (summary.json's `config`, the HParams row, the start line)."""
