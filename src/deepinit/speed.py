@@ -79,7 +79,9 @@ class LearningSpeed(L.Callback):
         if not self.tracker.due(step) or getattr(pl_module, "divergence", None) is not None:
             return
         tracker = self.tracker
-        tracker.x, tracker.y = tracker.x.to(pl_module.device), tracker.y.to(pl_module.device)  # once: then a no-op
+        # as Lightning moves and converts a validation batch (64-true: float64); once, then a no-op
+        tracker.x = trainer.precision_plugin.convert_input(tracker.x.to(pl_module.device))
+        tracker.y = tracker.y.to(pl_module.device)
         acc = accuracies(pl_module.model, tracker.x, tracker.y, self.chunk).item()
         self.tracker.record(step, acc)
         if trainer.logger is not None:

@@ -229,7 +229,8 @@ class GroupModule(L.LightningModule):
         if not due:
             return
         tracker = due[0].speed
-        tracker.x, tracker.y = tracker.x.to(self.device), tracker.y.to(self.device)
+        tracker.x = self.trainer.precision_plugin.convert_input(tracker.x.to(self.device))  # as a validation batch
+        tracker.y = tracker.y.to(self.device)
         k = len(self.members)
         chunk = self.members[0].settings.data.eval_batch_size
         accs = accuracies(lambda x: self.stack(x.expand(k, *x.shape)), tracker.x, tracker.y, chunk).tolist()
