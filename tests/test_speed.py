@@ -1,12 +1,16 @@
 """Learning speed (deepinit.speed): the curve of validation accuracy, the first step at the target, in summary.json,
 TensorBoard and HParams; through the real training loop on real MNIST."""
 
+import csv
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import compose_cfg, read_events, train_cli
+from deepinit import speed_report
 from deepinit.model import MLP
 from deepinit.speed import accuracies
 from deepinit.train import run
@@ -53,3 +57,48 @@ def test_accuracies_of_a_stack_are_each_members():
 def test_bad_speed_settings_are_one_line(tmp_path, mnist_root, override, line):
     done = train_cli(override, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 1 and line in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
+
+
+def test_the_isometry_experiment_reports_speed_against_the_predicted_spread(tmp_path, mnist_root):
+    """experiment=isometry_cpu on a corner (two tanh arms, depths 4 and 12, 40 steps, two learning rates): speed.csv
+    with the predicted and the step-0 measured spread, report_speed.png, report.md's correlations, and cells that
+    pool only seeds (the two learning rates are two lines, not one)."""
+    done = train_cli("-m", "experiment=isometry_cpu", "arm=tanh_orthogonal,tanh_gaussian", "depth=4,12",
+                     "optim.lr=1e-3,3e-3", "trainer.max_steps=40", "speed.every_n_steps=10", "speed.target_acc=0.3",
+                     "stats.every_n_steps=40", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sweep,) = tmp_path.iterdir()
+    rows = list(csv.DictReader(open(sweep / "speed.csv")))
+    assert list(rows[0]) == ["init", "activation", "sigma_w2", "sigma_b2", "depth", "lr", "steps", "seed", "test_acc",
+                             "steps_to_target", "predicted_spread", "measured_spread"]  # fmt: skip
+    assert len(rows) == 8 and {r["steps"] for r in rows} == {"40"}
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    curves = {(s["config"]["init"], s["config"]["depth"], s["config"]["lr"]): s["speed"]["curve"] for s in summaries}
+    for r in rows:
+        predicted, measured = float(r["predicted_spread"]), float(r["measured_spread"])
+        # the verdict's spread: one a layer for Gaussian weights (and tanh's own, large near layer 1's q ~ 1, small at
+        # q* = 0.026), under one over these depths for orthogonal weights
+        stack = int(r["depth"]) - 2
+        assert stack <= predicted < stack + 1.5 if r["init"] == "gaussian" else predicted < 1
+        assert measured == pytest.approx(predicted, rel=0.6, abs=0.3)  # 16 inputs x 16 probes at width 128
+        curve = curves[(r["init"], int(r["depth"]), float(r["lr"]))]
+        reached = next((s for s, a in curve if a >= 0.3), None)
+        assert r["steps_to_target"] == ("" if reached is None else str(reached))
+    assert speed_report.arms([{"activation": "tanh", "init": "orthogonal", "sigma_w2": 1.05, "sigma_b2": 2e-5,
+                               "lr": lr, "steps": 40} for lr in (1e-3, 3e-3)]) == [
+        "tanh orthogonal lr 0.001", "tanh orthogonal lr 0.003"]  # fmt: skip
+    assert (sweep / "report_speed.png").stat().st_size > 20_000
+    report = (sweep / "report.md").read_text()
+    assert "## Learning speed: measured against the Jacobian's predicted spread" in report
+    assert "Cells (arm x depth, mean over seeds): 8" in report and "rank correlation (Spearman)" in report
+    assert "report/speed" in read_events(sweep / "report").Tags()["images"]
+
+
+def test_spearman_ranks_ties_by_their_mean():
+    assert speed_report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert speed_report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties: ranks 0, 1.5, 1.5, 3 against 0..3: Pearson's r of those ranks
+    assert speed_report.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(
+        np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1]
+    )
+    assert math.isnan(speed_report.spearman([1, 1, 1], [1, 2, 3])) and math.isnan(speed_report.spearman([1], [2]))

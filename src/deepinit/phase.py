@@ -1,15 +1,13 @@
 """The trainability phase diagram of a sweep over (sigma_w^2, depth): what trained against what the depth scales
 predict (Schoenholz et al. 2017: a network of depth L trains with a fixed SGD budget where L < 6 xi_c).
 
-`write(sweep_dir, rows, writer)` adds phase.csv, report_phase.png and the agreement lines of report.md for a sweep
-whose runs vary sigma_w^2 and depth; the sweep report (deepinit.report) calls it. docs/trainability.md shows one.
+A section of the sweep report (deepinit.report): phase.csv, report_phase.png and the agreement lines of report.md,
+for a sweep whose runs vary sigma_w^2 and depth. docs/trainability.md shows one.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from deepinit import theory
 from deepinit.figures import plt
 from deepinit.summary import FINISHED, Summary
 
+STEM, TITLE = "phase", "Trainability: measured against 6 xi_c"  # phase.csv, report_phase.png, report.md's heading
 TRAINED = 0.5  # test accuracy after the budget that counts as trained (chance is 0.1; runs land near one or the other)
 COLUMNS = ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_acc", "xi_c", "depth_over_xi_c",
            "trainable", "predicted"]  # fmt: skip
@@ -32,14 +31,13 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if summary is None or summary.status not in FINISHED or summary.theory is None:
             continue
         t, metrics, ok = summary.theory, summary.metrics, summary.status == "ok"
-        budget = (summary.settings or {}).get("trainer", {}).get("max_steps")
         test_acc = metrics.test_acc if ok and metrics else None
         out.append(
             {
                 "sigma_w2": round(t.sigma_w2, 6),
                 "sigma_b2": round(t.sigma_b2, 6),
                 "depth": t.depth,
-                "steps": budget if budget and budget > 0 else summary.steps,
+                "steps": summary.budget,
                 "seed": (summary.config or {}).get("seed"),
                 "train_acc": metrics.train_acc if ok and metrics else None,
                 "test_acc": test_acc,
@@ -163,19 +161,3 @@ def _edges(centres: np.ndarray, log: bool) -> np.ndarray:
     edges = np.concatenate([[v[0] - (mid[0] - v[0] if len(mid) else step / 2)], mid,
                             [v[-1] + (v[-1] - mid[-1] if len(mid) else step / 2)]])  # fmt: skip
     return np.exp(edges) if log else edges
-
-
-def write(sweep_dir: Path, jobs: list[dict[str, Any]], writer) -> list[str]:
-    """phase.csv and report_phase.png (also in TensorBoard) when the sweep varies sigma_w^2 and depth; returns the
-    report.md lines (none otherwise)."""
-    rows = rows_of(jobs)
-    if not applies(rows):
-        return []
-    with open(sweep_dir / "phase.csv", "w", newline="") as f:
-        out = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(rows)
-    fig = figure(rows)
-    fig.savefig(sweep_dir / "report_phase.png", dpi=110)
-    writer.add_figure("report/phase", fig)
-    return ["## Trainability: measured against 6 xi_c", "\n".join(agreement_lines(rows))]

@@ -1,9 +1,9 @@
 """The sweep report: every run of a multirun in one table and a few figures, written into the sweep folder.
 
 `summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
-`report.md` and `report_*.png` (and deepinit.phase's `phase.csv` for a sweep over sigma_w^2 and depth,
-deepinit.speed_report's `speed.csv` for runs that measured their learning speed at several depths), and logs
-the figures to TensorBoard under `<sweep>/report`.
+`report.md` and `report_*.png`, and each SECTIONS module's that applies to the sweep (deepinit.phase's `phase.csv`
+for a sweep over sigma_w^2 and depth, deepinit.speed_report's `speed.csv` for runs that measured their learning
+speed at several depths), and logs the figures to TensorBoard under `<sweep>/report`.
 The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
 scripts/summarize.py calls it by hand.
 """
@@ -26,6 +26,9 @@ from deepinit.sweep import running_elsewhere
 
 log = logging.getLogger(__name__)
 
+# The report's sections beyond the table: modules with STEM (<stem>.csv, report_<stem>.png), TITLE, COLUMNS,
+# rows_of(jobs), applies(rows), figure(rows) and agreement_lines(rows) (report.md's text).
+SECTIONS = (phase, speed_report)
 COLUMNS = [
     "job", "status", "init", "activation", "depth", "width", "optimizer", "lr", "seed", "test_acc", "best_val_acc",
     "test_loss", "divergence_step", "divergence_layer", "wall_time_s", "reason",
@@ -57,28 +60,35 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "reason": summary.reason,
                 "_dir": job,
                 "_summary": summary,
+                "_step0": step0(job, summary),
             }
         )
     return rows
 
 
-def _step0_profiles(job: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Measured and predicted pre-activation mean square per layer at step 0, from layer_stats.csv."""
-    path = job / "layer_stats.csv"
-    if not path.exists():
-        return None
-    found: dict[str, dict[int, float]] = defaultdict(dict)
+def step0(job: Path, summary: Summary) -> dict[tuple[str, str], dict[int, float]]:
+    """The run's layer statistics at step 0, from its CSV (stats.csv_file): (group, quantity) -> {layer: value},
+    whole-network values (the Jacobian's) at layer 0; empty where it wrote none."""
+    name = (summary.settings or {}).get("stats", {}).get("csv_file", "layer_stats.csv")
+    path = job / name if name else None
+    found: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    if path is None or not path.exists():
+        return found
     with open(path) as f:
         for row in csv.DictReader(f):
             if row["step"] != "0":
                 break  # rows are written step by step: step 0 comes first
-            if (row["group"], row["quantity"]) in (("preactivations", "sqr"), ("theory", "preactivations_sqr")):
-                found[row["group"]][int(row["layer"])] = float(row["value"])
-    if "preactivations" not in found:
+            found[(row["group"], row["quantity"])][int(row["layer"])] = float(row["value"])
+    return found
+
+
+def _step0_profiles(found: dict[tuple[str, str], dict[int, float]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Measured and predicted pre-activation mean square per layer at step 0."""
+    measured, theory = found.get(("preactivations", "sqr")), found.get(("theory", "preactivations_sqr"), {})
+    if not measured:
         return None
-    layers = sorted(found["preactivations"])
-    predicted = [found["theory"].get(layer, math.nan) for layer in layers]
-    return np.array([found["preactivations"][layer] for layer in layers]), np.array(predicted)
+    layers = sorted(measured)
+    return np.array([measured[layer] for layer in layers]), np.array([theory.get(layer, math.nan) for layer in layers])
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -157,7 +167,7 @@ def heatmap_figure(rows: list[dict[str, Any]]):
 
 def profiles_figure(rows: list[dict[str, Any]]):
     """Step-0 pre-activation mean square against layer for every run (log scale), theory dashed beside it."""
-    profiles = [(r, p) for r in rows if "_dir" in r and (p := _step0_profiles(r["_dir"])) is not None]
+    profiles = [(r, p) for r in rows if "_step0" in r and (p := _step0_profiles(r["_step0"])) is not None]
     if not profiles:
         return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -218,16 +228,27 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, columns, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+
+
+def _figure(fig, name: str, sweep_dir: Path, writer) -> None:
+    """report_<name>.png in the sweep folder and report/<name> in TensorBoard (nothing for a figure not drawn)."""
+    if fig is not None:
+        fig.savefig(sweep_dir / f"report_{name}.png", dpi=110)
+        writer.add_figure(f"report/{name}", fig)
+
+
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write report.csv, report.md and report_*.png into the sweep folder (and to TensorBoard); return the rows."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     if not rows:
         return rows  # not a sweep folder: write nothing into it
-    with open(sweep_dir / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(sweep_dir / "report.csv", COLUMNS, rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     counts = defaultdict(int)
@@ -239,15 +260,17 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for stale in (sweep_dir / "report").glob("events.out.tfevents.*"):
         stale.unlink()  # a resumed sweep's report replaces the earlier one in TensorBoard, not beside it
     writer = SummaryWriter(str(sweep_dir / "report"))
-    text = [head, "## Over seeds", "\n".join(aggregate_lines(rows)), *phase.write(sweep_dir, rows, writer)]
-    text += speed_report.write(sweep_dir, rows, writer)
+    text = [head, "## Over seeds", "\n".join(aggregate_lines(rows))]
+    for section in SECTIONS:
+        found = section.rows_of(rows)
+        if section.applies(found):
+            _write_csv(sweep_dir / f"{section.STEM}.csv", section.COLUMNS, found)
+            _figure(section.figure(found), section.STEM, sweep_dir, writer)
+            text += [f"## {section.TITLE}", "\n".join(section.agreement_lines(found))]
     text += ["## Every run", "\n".join(lines)]
     (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
     for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):
-        fig = make(rows)
-        if fig is not None:
-            fig.savefig(sweep_dir / f"report_{name}.png", dpi=110)
-            writer.add_figure(f"report/{name}", fig)
+        _figure(make(rows), name, sweep_dir, writer)
     writer.close()
     figures = ", ".join(p.name for p in sorted(sweep_dir.glob("report_*.png")))
     # TensorBoard opens a logdir of many runs with none of them ticked: the report's figures are one tick away

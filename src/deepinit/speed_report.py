@@ -2,17 +2,14 @@
 Ganguli 2017: a Jacobian whose squared singular values stay near 1, dynamical isometry, learns at a speed that does
 not fall with depth).
 
-`write(sweep_dir, jobs, writer)` adds speed.csv, report_speed.png and report.md's section for a sweep whose runs
-measured their learning speed (deepinit.speed) at more than one depth; the sweep report (deepinit.report) calls it.
-docs/isometry.md shows one.
+A section of the sweep report (deepinit.report): speed.csv, report_speed.png and report.md's rank correlations, for
+a sweep whose runs measured their learning speed (deepinit.speed) at more than one depth. docs/isometry.md shows one.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,20 +17,22 @@ import numpy as np
 from deepinit.figures import plt
 from deepinit.summary import FINISHED, Summary
 
-COLUMNS = ["init", "activation", "sigma_w2", "sigma_b2", "depth", "steps", "seed", "test_acc", "steps_to_target",
-           "predicted_spread", "measured_spread"]  # fmt: skip
+STEM, TITLE = "speed", "Learning speed: measured against the Jacobian's predicted spread"
+COLUMNS = ["init", "activation", "sigma_w2", "sigma_b2", "depth", "lr", "steps", "seed", "test_acc",
+           "steps_to_target", "predicted_spread", "measured_spread"]  # fmt: skip
+ARM_KEYS = ("sigma_w2", "sigma_b2", "lr", "steps")  # named in an arm's label where they vary within it
 
 
 def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per finished run with a theory block and a speed record. A run that never reached the target (or
-    diverged before it) has no steps_to_target; a diverged run has no test accuracy."""
+    diverged before it) has no steps_to_target; a diverged run has no test accuracy; a run without layer
+    statistics at step 0 (the report's `_step0`) has no measured spread."""
     out = []
     for job in jobs:
         summary: Summary | None = job.get("_summary")
         if summary is None or summary.status not in FINISHED or summary.theory is None or summary.speed is None:
             continue
         t, config = summary.theory, summary.config or {}
-        budget = (summary.settings or {}).get("trainer", {}).get("max_steps")
         ok = summary.status == "ok" and summary.metrics is not None
         out.append(
             {
@@ -42,47 +41,43 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "sigma_w2": round(t.sigma_w2, 6),
                 "sigma_b2": round(t.sigma_b2, 6),
                 "depth": t.depth,
-                "steps": budget if budget and budget > 0 else summary.steps,
+                "lr": config.get("lr"),
+                "steps": summary.budget,
                 "seed": config.get("seed"),
                 "test_acc": summary.metrics.test_acc if ok else None,
                 "steps_to_target": summary.speed.steps_to_target,
                 "target_acc": summary.speed.target_acc,
                 "predicted_spread": t.jacobian_spread,
-                "measured_spread": measured_spread(job.get("_dir")),
+                "measured_spread": job.get("_step0", {}).get(("isometry", "spread"), {}).get(0),
             }
         )
     return sorted(out, key=lambda r: (r["activation"], r["init"], r["depth"], r["seed"] or 0))
-
-
-def measured_spread(job: Path | None) -> float | None:
-    """The step-0 Jacobian spread the run's layer statistics measured (layer_stats.csv), if they did."""
-    path = None if job is None else Path(job) / "layer_stats.csv"
-    if path is None or not path.exists():
-        return None
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row["step"] != "0":
-                return None  # step 0 comes first
-            if (row["group"], row["quantity"]) == ("isometry", "spread"):
-                return float(row["value"])
-    return None
 
 
 def applies(rows: list[dict[str, Any]]) -> bool:
     return len({r["depth"] for r in rows}) > 1
 
 
-def arm(row: dict[str, Any]) -> str:
-    """A line of the figure: the activation and init (a sweep of these is a sweep of arms, conf/arm/)."""
-    return f"{row['activation']} {row['init']}"
+def arms(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's line of the figure: its activation and init (a sweep of these is a sweep of arms, conf/arm/), and
+    whatever else varies within an arm (sigma_w^2, sigma_b^2, learning rate, budget), so that only seeds pool."""
+    by_arm: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_arm[(r["activation"], r["init"])].append(r)
+    varied = [k for k in ARM_KEYS if any(len({m[k] for m in members}) > 1 for members in by_arm.values())]
+    return [" ".join([r["activation"], str(r["init"]), *(f"{k} {_g(r[k])}" for k in varied)]) for r in rows]
+
+
+def _g(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def cells(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """(arm, depth) -> over seeds: test accuracy (a diverged run counts as chance, 0.1), steps to the target (a
     run that never got there counts as its budget, a lower bound), how many reached it, the predicted spread."""
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        grouped[(arm(r), r["depth"])].append(r)
+    for r, name in zip(rows, arms(rows), strict=True):
+        grouped[(name, r["depth"])].append(r)
     out = {}
     for key, members in grouped.items():
         accs = [0.1 if m["test_acc"] is None else m["test_acc"] for m in members]
@@ -223,19 +218,3 @@ def figure(rows: list[dict[str, Any]]):
     acc_ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def write(sweep_dir: Path, jobs: list[dict[str, Any]], writer) -> list[str]:
-    """speed.csv and report_speed.png (also in TensorBoard) when the sweep's runs measured their learning speed at
-    several depths; returns the report.md lines (none otherwise)."""
-    rows = rows_of(jobs)
-    if not applies(rows):
-        return []
-    with open(sweep_dir / "speed.csv", "w", newline="") as f:
-        out = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(rows)
-    fig = figure(rows)
-    fig.savefig(sweep_dir / "report_speed.png", dpi=110)
-    writer.add_figure("report/speed", fig)
-    return ["## Learning speed: measured against the Jacobian's predicted spread", "\n".join(agreement_lines(rows))]

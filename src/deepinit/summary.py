@@ -124,6 +124,13 @@ class Summary:
                 out[f.name] = _finite(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
         return out
 
+    @property
+    def budget(self) -> int | None:
+        """The steps the run was given (trainer.max_steps), or those it ran where it was given epochs instead: the
+        sweep report's sections compare runs of one budget."""
+        max_steps = (self.settings or {}).get("trainer", {}).get("max_steps")
+        return max_steps if max_steps and max_steps > 0 else self.steps
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
         return _record(cls, data)

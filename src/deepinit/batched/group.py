@@ -154,6 +154,7 @@ class GroupModule(L.LightningModule):
         self.group_step: GroupStep | None = None
         self._totals: Tensor | None = None  # [2, K] float64: the evaluation's summed loss and accuracy, and count
         self._count = 0
+        self._speed_images: tuple[Tensor, Tensor] | None = None  # the members' common speed images, on the device
 
     @property
     def live(self) -> list[Member]:
@@ -228,12 +229,12 @@ class GroupModule(L.LightningModule):
         due = [m for m in self.live if m.speed is not None and m.speed.due(step)]
         if not due:
             return
-        tracker = due[0].speed
-        tracker.x = self.trainer.precision_plugin.convert_input(tracker.x.to(self.device))  # as a validation batch
-        tracker.y = tracker.y.to(self.device)
+        if self._speed_images is None:  # moved and converted once, as Lightning does a validation batch
+            x, y = due[0].speed.x, due[0].speed.y
+            self._speed_images = (self.trainer.precision_plugin.convert_input(x.to(self.device)), y.to(self.device))
         k = len(self.members)
         chunk = self.members[0].settings.data.eval_batch_size
-        accs = accuracies(lambda x: self.stack(x.expand(k, *x.shape)), tracker.x, tracker.y, chunk).tolist()
+        accs = accuracies(lambda x: self.stack(x.expand(k, *x.shape)), *self._speed_images, chunk).tolist()
         for member in due:
             member.speed.record(step, accs[member.index])
             member.logger.log_metrics({"speed/val_acc": accs[member.index]}, step)
