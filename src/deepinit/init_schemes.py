@@ -155,13 +155,20 @@ class Scheme:
     variance: Var(W) of a (fan_in, fan_out) layer for a gain and std, as the theory reads it (sigma_w^2 = fan_in
     Var W); None where no formula sets the scale (measured from the weights instead); settings: the record of its
     yaml's keys; orthogonal: orthonormal rows or columns rather than i.i.d. entries (the finite-width spread
-    differs); assumed: what the depth-scale theory takes for granted about such weights."""
+    differs); assumed: what the depth-scale theory takes for granted about such weights; branch_fill: for a scheme
+    of residual networks (block=residual only), how it fills the branches' Linears and the last layer (`fill`: layer
+    1)."""
 
     fill: WeightInit
     variance: Callable[[int, int, float, float | None], float] | None
     settings: type[InitSettings] = GainInit
     orthogonal: bool = False
     assumed: str | None = None
+    branch_fill: WeightInit | None = None
+
+    @property
+    def residual(self) -> bool:
+        return self.branch_fill is not None
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -196,6 +203,14 @@ SCHEMES: dict[str, Scheme] = {
         LsuvInit,
         orthogonal=True,
         assumed="LSUV's orthogonal weights, not i.i.d. Gaussian: the same maps at their measured sigma_w^2",
+    ),
+    # Fixup with one-Linear branches: the branches and the logits start at 0 (the network is layer 1, then the
+    # identity), layer 1 as kaiming; no closed-form sigma_w^2 per layer (measured from the weights).
+    "fixup": Scheme(
+        _kaiming_normal("fan_in"),
+        None,
+        branch_fill=lambda w, gain: nn.init.zeros_(w),
+        assumed="Fixup's zero branches: the stream keeps layer 1's q, and only the last layer learns at step 0",
     ),
 }
 
@@ -241,8 +256,9 @@ def initialize(model: MLP, init: InitSettings, batch: Tensor | None = None) -> d
     scheme = SCHEMES[init.name]
     gain, bias_std = init.gain_for(model.activation), init.bias_std
     weight_options = {} if init.std_option is None else {"std": init.std_option}
-    for linear in model.linears:
-        scheme.fill(linear.weight.data, gain, **weight_options)
+    for index, linear in enumerate(model.linears):
+        fill = scheme.branch_fill if scheme.branch_fill is not None and index > 0 else scheme.fill
+        fill(linear.weight.data, gain, **weight_options)
         if linear.bias is not None and bias_std is not None:
             nn.init.normal_(linear.bias, 0.0, bias_std) if bias_std > 0 else nn.init.zeros_(linear.bias)
     used: dict[str, Any] = {"gain": gain, "bias_std": bias_std}

@@ -30,6 +30,8 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary: Summary | None = job.get("_summary")
         if summary is None or summary.status not in FINISHED or summary.theory is None:
             continue
+        if summary.theory.architecture != "plain":  # the depth scales and the Jacobian's theory are plain MLPs'
+            continue
         t, metrics, ok = summary.theory, summary.metrics, summary.status == "ok"
         test_acc = metrics.test_acc if ok and metrics else None
         out.append(

@@ -98,14 +98,19 @@ class LayerRecorder:
     def hook(self, step: int) -> None:
         """Capture the model's next forward and backward through hooks (removed again by end_step)."""
         self._begin(step)
-        self._handles = [lin.register_forward_hook(self._linear_hook(i)) for i, lin in enumerate(self.model.linears)]
-        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(self.model.activations)]
+        model = self.model
+        self._handles = [model.linears[0].register_forward_hook(self._input_hook)]
+        self._handles += [tap.register_forward_hook(self._pre_hook(i)) for i, tap in enumerate(model.taps)]
+        self._handles += [act.register_forward_hook(self._act_hook(i)) for i, act in enumerate(model.activations)]
+        if model.norm != "none":  # the activation's input, normalized: its own group beside the pre-activations
+            self._handles += [n.register_forward_hook(self._norm_hook(i)) for i, n in enumerate(model.norms)]
 
     def _begin(self, step: int) -> None:
         self._step = step
         depth = self.model.depth
         self._pre: list[Tensor | None] = [None] * depth
         self._post: list[Tensor | None] = [None] * (depth - 1)
+        self._normed: list[Tensor | None] = [None] * (depth - 1) if self.model.norm != "none" else []
         self._grads: list[Tensor | None] = [None] * depth
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._before: list[Tensor] | None = None
@@ -123,10 +128,11 @@ class LayerRecorder:
         if grads is not None and "gradients" in self.groups:
             self._grads = [g.detach() for g in grads]
 
-    def _linear_hook(self, i: int):
+    def _input_hook(self, module, inputs, out: Tensor) -> None:
+        self._input = inputs[0].detach()
+
+    def _pre_hook(self, i: int):
         def hook(module, inputs, out: Tensor) -> None:
-            if i == 0:
-                self._input = inputs[0].detach()
             self._pre[i] = out.detach()
             if out.requires_grad and "gradients" in self.groups:
                 out.register_hook(lambda g: self._grads.__setitem__(i, g.detach()))
@@ -136,6 +142,12 @@ class LayerRecorder:
     def _act_hook(self, i: int):
         def hook(module, inputs, out: Tensor) -> None:
             self._post[i] = out.detach()
+
+        return hook
+
+    def _norm_hook(self, i: int):
+        def hook(module, inputs, out: Tensor) -> None:
+            self._normed[i] = out.detach()
 
         return hook
 
@@ -169,8 +181,8 @@ class LayerRecorder:
         step, self._step = self._step, None
         weights = [lin.weight.detach() for lin in self.model.linears]
         found: dict[str, dict[str, Tensor]] = {}
-        if all(t is not None for t in self._pre + self._post):
-            found |= stats.forward_stats(self._pre, self._post, self.model.activation)
+        if all(t is not None for t in self._pre + self._post + self._normed):
+            found |= stats.forward_stats(self._pre, self._post, self.model.activation, self._normed)
         if all(g is not None for g in self._grads):  # absent when the step was skipped (divergence)
             found |= stats.gradient_stats(self._grads)
         # Weights as they were when the batch was seen (before the update) where captured, else as they are.
@@ -184,7 +196,7 @@ class LayerRecorder:
         self._record(step, found)
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._histograms(step)
-        self._pre = self._post = self._grads = self._before = self._input = None  # free the captured batch
+        self._pre = self._post = self._normed = self._grads = self._before = self._input = None  # free the batch
 
     def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Theory at the first logging step (the initialization), next to what was just measured."""

@@ -3,7 +3,8 @@
 `summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
 `report.md` and `report_*.png`, and each SECTIONS module's that applies to the sweep (deepinit.phase's `phase.csv`
 for a sweep over sigma_w^2 and depth, deepinit.speed_report's `speed.csv` for runs that measured their learning
-speed at several depths), and logs the figures to TensorBoard under `<sweep>/report`.
+speed at several depths, deepinit.architecture_report's `architecture.csv` for a sweep over architectures and
+inits), and logs the figures to TensorBoard under `<sweep>/report`.
 The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
 scripts/summarize.py calls it by hand.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from deepinit import phase, speed_report
+from deepinit import architecture_report, phase, speed_report
 from deepinit.figures import plt
 from deepinit.summary import Summary
 from deepinit.sweep import running_elsewhere
@@ -28,10 +29,10 @@ log = logging.getLogger(__name__)
 
 # The report's sections beyond the table: modules with STEM (<stem>.csv, report_<stem>.png), TITLE, COLUMNS,
 # rows_of(jobs), applies(rows), figure(rows) and agreement_lines(rows) (report.md's text).
-SECTIONS = (phase, speed_report)
+SECTIONS = (phase, speed_report, architecture_report)
 COLUMNS = [
-    "job", "status", "init", "activation", "depth", "width", "optimizer", "lr", "seed", "test_acc", "best_val_acc",
-    "test_loss", "divergence_step", "divergence_layer", "wall_time_s", "reason",
+    "job", "status", "init", "activation", "architecture", "depth", "width", "optimizer", "lr", "seed", "test_acc",
+    "best_val_acc", "test_loss", "divergence_step", "divergence_layer", "wall_time_s", "reason",
 ]  # fmt: skip
 
 
@@ -53,6 +54,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "job": job.name,
                 "status": summary.status,
                 **{k: config.get(k) for k in ("init", "activation", "depth", "width", "optimizer", "lr", "seed")},
+                "architecture": config.get("architecture", "plain"),  # runs from before the option were plain
                 **{k: getattr(metrics, k) if metrics else None for k in ("test_acc", "best_val_acc", "test_loss")},
                 "divergence_step": divergence.step if divergence else None,
                 "divergence_layer": divergence.layer if divergence else None,
@@ -104,8 +106,14 @@ def _accuracy_grid(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], lis
     for r in rows:
         if r.get("init") is not None and r.get("depth") is not None:
             acc = r.get("test_acc") if r["status"] == "ok" else None
-            grid[(r["activation"], r["init"], r["depth"])].append(acc)
+            grid[(_panel(r), r["init"], r["depth"])].append(acc)
     return grid
+
+
+def _panel(row: dict[str, Any]) -> str:
+    """A figure panel's runs: one activation, one architecture."""
+    arch = row.get("architecture", "plain")
+    return row["activation"] if arch == "plain" else f"{row['activation']}, {arch}"
 
 
 def _panels(rows: list[dict[str, Any]], size):
@@ -172,9 +180,9 @@ def profiles_figure(rows: list[dict[str, Any]]):
         return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colors = plt.cm.tab10(np.linspace(0, 1, 10))
-    labels = sorted({(r["init"], r["activation"]) for r, _ in profiles})
+    labels = sorted({(r["init"], _panel(r)) for r, _ in profiles})
     for r, (measured, predicted) in profiles:
-        color = colors[labels.index((r["init"], r["activation"])) % 10]
+        color = colors[labels.index((r["init"], _panel(r))) % 10]
         layers = np.arange(1, len(measured) + 1)
         with np.errstate(invalid="ignore"):
             ax.plot(
@@ -182,7 +190,7 @@ def profiles_figure(rows: list[dict[str, Any]]):
                 np.where(np.isfinite(measured) & (measured > 0), measured, np.nan),
                 color=color,
                 lw=1.2,
-                label=f"{r['init']}, {r['activation']}",
+                label=f"{r['init']}, {_panel(r)}",
             )
             ax.plot(
                 layers, np.where(np.isfinite(predicted) & (predicted > 0), predicted, np.nan), "--", color=color, lw=0.8
@@ -206,7 +214,7 @@ def aggregate_lines(rows: list[dict[str, Any]]) -> list[str]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("init") is not None:
-            groups[(r["init"], r["activation"], r["depth"])].append(r)
+            groups[(r["init"], _panel(r), r["depth"])].append(r)
     lines = [
         "| init | activation | depth | runs | ok | diverged | failed | test acc (mean +- sd over ok runs) |",
         "|---|---|---:|---:|---:|---:|---:|---|",

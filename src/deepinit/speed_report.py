@@ -32,6 +32,8 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary: Summary | None = job.get("_summary")
         if summary is None or summary.status not in FINISHED or summary.theory is None or summary.speed is None:
             continue
+        if summary.theory.architecture != "plain":  # the depth scales and the Jacobian's theory are plain MLPs'
+            continue
         t, config = summary.theory, summary.config or {}
         ok = summary.status == "ok" and summary.metrics is not None
         out.append(

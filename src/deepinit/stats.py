@@ -25,6 +25,7 @@ SATURATION = 0.97
 GROUPS: dict[str, tuple[str, ...]] = {
     "preactivations": ("mean", "std", "sqr", "nonfinite", "corr"),
     "activations": ("mean", "std", "sqr", "dead", "saturated", "nonfinite"),
+    "normalized": ("mean", "std", "sqr", "nonfinite", "corr"),  # N(h), the activation's input, where norm is set
     "gradients": ("std", "sqr"),
     "weights": ("std", "norm"),
     "weight_grads": ("std", "norm", "grad_data_ratio"),
@@ -111,12 +112,18 @@ def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) 
     return {}
 
 
-def forward_stats(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) -> dict[str, dict[str, Tensor]]:
-    """Stats of each Linear's output (all layers) and each activation's output (all but the last)."""
-    return {
+def forward_stats(
+    pre: Sequence[Tensor], post: Sequence[Tensor], activation: str, normed: Sequence[Tensor] = ()
+) -> dict[str, dict[str, Tensor]]:
+    """Stats of each layer's pre-activation h (all layers; a residual network's stream), of each activation's
+    output (all but the last) and, in a normalized network, of each activation's normalized input (`normalized`)."""
+    found = {
         "preactivations": {**moments(pre), "corr": correlations(pre)},
-        "activations": {**moments(post), **unit_health(pre[: len(post)], post, activation)},
+        "activations": {**moments(post), **unit_health(list(normed) or pre[: len(post)], post, activation)},
     }
+    if normed:
+        found["normalized"] = {**moments(normed), "corr": correlations(normed)}
+    return found
 
 
 def gradient_stats(grads: Sequence[Tensor]) -> dict[str, dict[str, Tensor]]:

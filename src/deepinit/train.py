@@ -79,7 +79,8 @@ def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
 def model_of(settings: Settings) -> MLP:
     """The run's MLP (not yet initialized), its first and last layers shaped by the data set."""
     m, data = settings.model, DATASETS[settings.data.dataset]
-    return MLP(m.depth, m.width, m.activation, in_features=data.features, out_features=data.classes, bias=m.bias)
+    return MLP(m.depth, m.width, m.activation, in_features=data.features, out_features=data.classes, bias=m.bias,
+               norm=m.norm, block=m.block, alpha=m.alpha)  # fmt: skip
 
 
 def build(

@@ -14,6 +14,8 @@ def why_alone(settings: Settings) -> str | None:
     lone one). Runs that can join share a group with the runs of an equal Settings.group_key()."""
     from deepinit.train import job_scope
 
+    if (architecture := settings.model.architecture) != "plain":
+        return f"{architecture} (the stacked model is a plain MLP)"
     with job_scope():  # a Trainer sets process-wide flags (trainer.deterministic): not the launcher's to keep
         trainer = settings.trainer.make(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     return why_not(GROUP, trainer, settings.optim.factory())

@@ -21,11 +21,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from deepinit.activations import ACTIVATIONS
-from deepinit.init_schemes import InitSettings, init_settings
+from deepinit.init_schemes import SCHEMES, InitSettings, init_settings
+from deepinit.model import ALPHAS, BLOCKS, NORMS, architecture
 from deepinit.provision import DATASETS
 from deepinit.settings.rules import (
     Checked,
     ConfigError,
+    Rule,
     config_key,
     flag,
     integer,
@@ -46,6 +48,21 @@ class ModelSettings(Checked):
     width: int = setting(integer(1))
     activation: str = setting(one_of(ACTIVATIONS))
     bias: bool = setting(flag())
+    norm: str = setting(one_of(NORMS))  # before each hidden activation: Linear -> norm -> activation
+    block: str = setting(one_of(BLOCKS))
+    alpha: Any = setting(  # a residual branch's multiplier (deepinit.model)
+        Rule(f"a number or one of: {', '.join(ALPHAS)}", lambda v: v in ALPHAS or number().ok(v), ALPHAS)
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block == "plain" and self.alpha != 1:
+            raise ConfigError(f"alpha={self.alpha} multiplies a residual branch, and block=plain has none; set "
+                              "block=residual or leave alpha at 1")  # fmt: skip
+
+    @property
+    def architecture(self) -> str:
+        return architecture(self.norm, self.block, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -205,8 +222,8 @@ UNNAMED_EXTRA = ("experiment", "seed", "stats", "trainer.max_steps", "trainer.ma
 TOP_LEVEL = (ModelSettings, RunSettings)
 # summary.json's `config` and the HParams columns: column -> the config key it shows
 ESSENTIALS = {"init": "init", "depth": "depth", "width": "width", "activation": "activation", "bias": "bias",
-              "optimizer": "optim", "lr": "optim.lr", "batch_size": "data.batch_size", "max_epochs":
-              "trainer.max_epochs", "data": "data", "seed": "seed"}  # fmt: skip
+              "architecture": "block", "optimizer": "optim", "lr": "optim.lr", "batch_size": "data.batch_size",
+              "max_epochs": "trainer.max_epochs", "data": "data", "seed": "seed"}  # fmt: skip
 
 
 def _flagged(flag_name: str) -> tuple[str, ...]:
@@ -216,6 +233,26 @@ def _flagged(flag_name: str) -> tuple[str, ...]:
         for f in dataclasses.fields(record)
         if f.metadata.get(flag_name)
     )
+
+
+def _check_architecture(settings: Settings) -> None:
+    """The combinations the model cannot be built or initialized with, each one line."""
+    model, init = settings.model, settings.init
+    if SCHEMES[init.name].residual and model.block != "residual":
+        raise ConfigError(f"init={init.name} initializes residual branches, and block={model.block} has none; set "
+                          "block=residual")  # fmt: skip
+    if init.name == "lsuv" and not (model.block == "plain" and model.norm == "none"):
+        raise ConfigError(f"init=lsuv rescales a plain MLP layer by layer; with {model.architecture} choose another"
+                          " init")  # fmt: skip
+    if model.block == "residual" and model.depth < 3:
+        raise ConfigError(f"block=residual skips around the square layers 2..depth-1, and depth={model.depth} has "
+                          "none; choose depth >= 3")  # fmt: skip
+    data = settings.data
+    last = (DATASETS[data.dataset].train - data.val_size) % data.batch_size
+    if model.norm == "batchnorm" and (data.batch_size < 2 or last == 1):
+        one = f"data.batch_size={data.batch_size}" + ("" if data.batch_size < 2 else " leaves an epoch's last batch")
+        raise ConfigError(f"norm=batchnorm normalizes over the batch, and {one} with one image; choose another "
+                          "data.batch_size (>= 2) or norm=layernorm")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -272,6 +309,7 @@ class Settings:
             multirun=multirun,
             swept=dict(swept or {}),
         )
+        _check_architecture(settings)
         if settings.speed.enabled and settings.data.val_size == 0:
             raise ConfigError("speed is measured on validation images, and data.val_size=0 holds none; set "
                               "data.val_size > 0 or speed=off")  # fmt: skip
@@ -281,8 +319,9 @@ class Settings:
         """The settings a reader compares runs by (summary.json's `config`, the HParams row, the start line)."""
         m, d = self.model, self.data
         return {"init": self.init.name, "depth": m.depth, "width": m.width, "activation": m.activation,
-                "bias": m.bias, "optimizer": self.optim.name, "lr": self.optim.lr, "batch_size": d.batch_size,
-                "max_epochs": self.trainer.max_epochs, "data": d.dataset, "seed": self.run.seed}  # fmt: skip
+                "bias": m.bias, "architecture": m.architecture, "optimizer": self.optim.name, "lr": self.optim.lr,
+                "batch_size": d.batch_size, "max_epochs": self.trainer.max_epochs, "data": d.dataset,
+                "seed": self.run.seed}  # fmt: skip
 
     def swept_columns(self) -> dict[str, Any]:
         """The keys this run's sweep varies as HParams columns, in the sweep's order: an essential's own column where

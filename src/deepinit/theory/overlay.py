@@ -22,7 +22,7 @@ def jacobian_measured(model: MLP, first_activation: Tensor, isometry_max_depth: 
     taken before the first update: the prediction is of the initialization (one Adam step at depth 200 already
     moves the spread from 1.7 to 3)."""
     depth = model.depth
-    if not 4 <= depth <= isometry_max_depth:
+    if not 4 <= depth <= isometry_max_depth or not model.plain:  # the theory is the plain stack's
         return None
     # the spread estimate m2 / m1^2 - 1 is noisy when s^2 is large, and this runs once
     pairs = [(model.linears[i], model.activations[i]) for i in range(1, depth - 1)]
@@ -50,11 +50,11 @@ def step0_overlay(
         "log_sd_activations": np.array(pred.m_log_sd),
         "log_ratio_preactivations_sqr": np.log(measured_q / q),
     }
-    if "corr" in found["preactivations"]:
-        curves["preactivations_corr"] = _correlations(model, x, pred)
-    if "gradients" in found:  # anchored at the measured gradient of the logits
-        last = found["gradients"]["sqr"][-1].item()
-        curves["gradients_sqr"] = np.array(pred.grad_sqr) * last
+    if "corr" in found["preactivations"] and model.norm in ("none", "layernorm") and not model.blocks:
+        curves["preactivations_corr"] = _correlations(model, x, pred)  # no prediction for batchnorm's or the stream's
+    if "gradients" in found:  # anchored at a measured gradient: the logits' (batchnorm: the last hidden layer's)
+        anchor = found["gradients"]["sqr"][pred.grad_anchor].item()
+        curves["gradients_sqr"] = np.array(pred.grad_sqr) * anchor
     groups = {"theory": {k: torch.as_tensor(v, dtype=torch.float64) for k, v in curves.items()}}
     if jacobian is not None:
         m1, s2 = jacobian.tolist()
@@ -74,4 +74,5 @@ def _correlations(model: MLP, x: Tensor, pred: Prediction) -> np.ndarray:
     gram = pred.sigma_w2[0] * (x @ x.T) / model.linears[0].in_features + sigma_b2[0]
     scale = gram.diagonal().sqrt()
     c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
-    return np.array(correlation_profile(model.activation, c_1, pred.q, pred.sigma_w2, sigma_b2))
+    into = [*pred.q_act, 1.0] if model.norm != "none" else pred.q  # layernorm: the map at the unit q it gives
+    return np.array(correlation_profile(model.activation, c_1, into, pred.sigma_w2, sigma_b2))

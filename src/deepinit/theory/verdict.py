@@ -11,7 +11,7 @@ import numpy as np
 from deepinit.init_schemes import SCHEMES, bias_variance
 from deepinit.theory.depth_scales import Q_UNBOUNDED, depth_scales
 from deepinit.theory.moments import derivative_spread
-from deepinit.theory.profile import isometry, measured_sigma_w2, predict_model, scheme_sigma_w2
+from deepinit.theory.profile import Prediction, isometry, measured_sigma_w2, predict_model, scheme_sigma_w2
 
 # The per-layer spread below which a network counts as near-isometric: tanh at q* = 0.05 adds 0.013 a layer,
 # at q* = 0.25 already 0.14; i.i.d. weights add 1 and relu 1 whatever the weights, so neither can be isometric.
@@ -45,6 +45,9 @@ class Trainability:
     spread_per_layer: float
     isometric: bool
     assumed: list[str]
+    # beyond the plain MLP (deepinit.model): what the step-0 theory expects of the architecture, in words (None: plain)
+    architecture: str = "plain"
+    expectation: str | None = None
 
 
 def trainability(
@@ -72,15 +75,39 @@ def trainability(
     depth = model.depth
     # the step-0 profile from a unit input (normalized MNIST: E x^2 = 1), the stack the recorder measures
     pred, _ = predict_model(model, scheme, gain, std, input_sqr=1.0, bias_std=bias_std)
-    spectrum = isometry(model.activation, pred, range(1, depth - 1))
+    no_theory = {"m1": math.nan, "s2": math.nan}  # the Jacobian's theory is the plain stack's
+    spectrum = isometry(model.activation, pred, range(1, depth - 1)) if model.plain else no_theory
     q_star = scales["q_star"] if math.isfinite(scales["q_star"]) else Q_UNBOUNDED
     rate = (0.0 if SCHEMES[scheme].orthogonal else 1.0) + derivative_spread(model.activation, q_star)
     return Trainability(
         sigma_w2=sigma_w2, sigma_b2=sigma_b2, activation=model.activation, depth=depth, **scales,
         depth_over_xi_c=depth / scales["xi_c"], within=depth < scales["trainable_depth"],
         jacobian_m1=spectrum["m1"], jacobian_spread=spectrum["s2"], spread_per_layer=rate,
-        isometric=rate < ISOMETRIC_RATE, assumed=assumed,
+        isometric=model.plain and rate < ISOMETRIC_RATE, assumed=assumed, architecture=model.architecture,
+        expectation=None if model.plain else expectation(model, pred),
     )  # fmt: skip
+
+
+def expectation(model, pred: Prediction) -> str:
+    """What the step-0 theory expects of a normalized or residual network (docs/theory.md 7): how its stream's q
+    grows or its normalization resets it, and how its gradients grow toward the input."""
+    depth, parts = model.depth, []
+    if model.blocks:
+        first, last = model.blocks[0], model.blocks[-1]
+        grows = pred.q[last] / pred.q[first - 1]
+        parts.append(f"the stream's q grows {grows:.3g}x over the {len(model.blocks)} blocks")
+    if model.norm != "none":
+        parts.append(f"{model.norm} resets every activation's input to q = 1")
+    anchor = pred.grad_anchor
+    ratio = pred.grad_sqr[0] / pred.grad_sqr[anchor]
+    if not math.isfinite(ratio):
+        parts.append(f"no prediction here for the gradients of {model.activation} with {model.norm}")
+    else:
+        where = "the logits" if anchor == depth - 1 else f"layer {anchor + 1}"
+        parts.append(f"E g^2 at layer 1 / at {where}: {ratio:.3g}")
+        if model.norm == "batchnorm":
+            parts[-1] += f" (x {pred.chi[0]:.3g} a layer whatever the init: batchnorm's gradient explosion)"
+    return "; ".join(parts)
 
 
 def conditioning(t: Trainability) -> str:
@@ -108,5 +135,7 @@ def verdict(t: Trainability) -> str:
         reach = (
             f"xi_c={t.xi_c:.3g}, trains to about 6 xi_c = {t.trainable_depth:.0f} layers; depth {t.depth} is {where}"
         )
+    if t.expectation is not None:  # the depth scales and the Jacobian's theory are the plain MLP's
+        return f"{head}, {t.architecture}: {t.expectation}" + "".join(f"; assumed: {note}" for note in t.assumed)
     line = f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}"
     return line + "".join(f"; assumed: {note}" for note in t.assumed)
