@@ -157,3 +157,14 @@ def test_the_batched_launcher_runs_them_alone_and_says_why(tmp_path, mnist_root)
     out = done.stdout + done.stderr
     assert "runs alone: layernorm (the stacked model is a plain MLP)" in out and "batched group" not in out
     assert len(list(tmp_path.rglob("summary.json"))) == 2
+
+
+def test_measuring_the_speed_of_a_batchnorm_run_leaves_its_training_alone(tmp_path, mnist_root):
+    """The speed evaluation runs the model in eval mode: batchnorm's running statistics (what the test uses) are
+    those training made, with or without speed=."""
+    common = ["norm=batchnorm", "depth=6", "width=32", "trainer.max_steps=30", "trainer.limit_val_batches=1",
+              "trainer.limit_test_batches=4", "stats=off", "trainer.enable_checkpointing=false"]  # fmt: skip
+    with_speed = run(compose_cfg(*common, "speed.every_n_steps=5", data_root=mnist_root), tmp_path / "a")
+    without = run(compose_cfg(*common, "speed=off", data_root=mnist_root), tmp_path / "b")
+    assert len(with_speed.speed.curve) == 7
+    assert with_speed.metrics.test_loss == pytest.approx(without.metrics.test_loss, rel=1e-6)

@@ -82,7 +82,10 @@ class LearningSpeed(L.Callback):
         # as Lightning moves and converts a validation batch (64-true: float64); once, then a no-op
         tracker.x = trainer.precision_plugin.convert_input(tracker.x.to(pl_module.device))
         tracker.y = tracker.y.to(pl_module.device)
-        acc = accuracies(pl_module.model, tracker.x, tracker.y, self.chunk).item()
+        model = pl_module.model
+        training, _ = model.training, model.eval()  # batchnorm: the running statistics, left as training made them
+        acc = accuracies(model, tracker.x, tracker.y, self.chunk).item()
+        model.train(training)
         self.tracker.record(step, acc)
         if trainer.logger is not None:
             trainer.logger.log_metrics({"speed/val_acc": acc}, step)
