@@ -1,6 +1,7 @@
 """Normalization and skip connections (deepinit.model: norm=, block=, alpha=, init=fixup): the models, their step-0
 theory against real MNIST runs, what the command line accepts and refuses, and how the batched launcher treats them."""
 
+import csv
 import math
 
 import numpy as np
@@ -168,3 +169,27 @@ def test_measuring_the_speed_of_a_batchnorm_run_leaves_its_training_alone(tmp_pa
     without = run(compose_cfg(*common, "speed=off", data_root=mnist_root), tmp_path / "b")
     assert len(with_speed.speed.curve) == 7
     assert with_speed.metrics.test_loss == pytest.approx(without.metrics.test_loss, rel=1e-6)
+
+
+def test_the_norm_ablation_reports_init_against_architecture(tmp_path, mnist_root):
+    """experiment=norm_ablation on a corner (plain and rezero, kaiming and normal, depth 6, 30 steps, one seed): the
+    plain pair trains as one batched group, the rezero pair alone; architecture.csv, report_architecture.png and
+    report.md's answer, with N(0,1) weights at chance in the plain MLP and trained under ReZero."""
+    done = train_cli("-m", "experiment=norm_ablation", "architecture=plain,rezero", "init=kaiming,normal", "seed=0",
+                     "depth=6", "trainer.max_steps=30", "speed=off", runs_dir=tmp_path,
+                     data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert "batched group of 2 runs" in out and "runs alone: residual alpha=rezero" in out
+    (sweep,) = tmp_path.iterdir()
+    rows = list(csv.DictReader(open(sweep / "architecture.csv")))
+    assert list(rows[0]) == ["architecture", "init", "activation", "depth", "seed", "status", "test_acc"]
+    acc = {(r["architecture"], r["init"]): float(r["test_acc"] or 0.1) for r in rows}
+    assert set(acc) == {("plain", "kaiming"), ("plain", "normal"), ("residual alpha=rezero", "kaiming"),
+                        ("residual alpha=rezero", "normal")}  # fmt: skip
+    assert acc[("plain", "kaiming")] > 0.5 and acc[("residual alpha=rezero", "kaiming")] > 0.5
+    assert (sweep / "report_architecture.png").stat().st_size > 20_000
+    report = (sweep / "report.md").read_text()
+    assert "## Does the init still matter? Test accuracy by architecture" in report
+    assert "| 6 | plain | kaiming" in report and "within 0.05 of the best" in report
+    assert "report/architecture" in read_events(sweep / "report").Tags()["images"]

@@ -71,14 +71,15 @@ def _order(rows: list[dict[str, Any]], key: str) -> list[str]:
 
 
 def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """report.md's answer: per architecture and depth, the best and worst init and how far apart they ended."""
+    """report.md's answer: per architecture and depth, the best and worst init, how far apart they ended and which
+    inits ended near the best (an architecture can make all inits but one irrelevant)."""
     table = cells(rows)
     lines = [
         f"Cells (depth x architecture x init, mean over seeds; a diverged run counts as {CHANCE:g}): {len(table)}. "
         f"The init does not matter where its inits end within {IRRELEVANT:g} of each other.",
         "",
-        "| depth | architecture | best init | worst init | spread | diverged | the init |",
-        "|---:|---|---|---|---:|---:|---|",
+        "| depth | architecture | best init | worst init | spread | within 0.05 of the best | diverged | the init |",
+        "|---:|---|---|---|---:|---|---:|---|",
     ]
     verdicts: dict[bool, list[str]] = {True: [], False: []}
     for depth in sorted({d for d, _, _ in table}):
@@ -91,9 +92,12 @@ def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
             diverged = sum(c["diverged"] for c in here.values())
             irrelevant = spread < IRRELEVANT
             verdicts[irrelevant].append(f"{arch} (depth {depth}: {spread:.3f})")
+            near = [i for i in here if here[best]["acc"] - here[i]["acc"] < IRRELEVANT]
+            others = [i for i in here if i not in near]
+            within = f"{len(near)} of {len(here)}" + (f" (not {', '.join(others)})" if others else "")
             lines.append(
                 f"| {depth} | {arch} | {best} ({here[best]['acc']:.3f}) | {worst} ({here[worst]['acc']:.3f}) | "
-                f"{spread:.3f} | {diverged} | {'does not matter' if irrelevant else 'matters'} |"
+                f"{spread:.3f} | {within} | {diverged} | {'does not matter' if irrelevant else 'matters'} |"
             )
     lines += [
         "",
