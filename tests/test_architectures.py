@@ -2,6 +2,7 @@
 theory against real MNIST runs, what the command line accepts and refuses, and how the batched launcher treats them."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -193,3 +194,16 @@ def test_the_norm_ablation_reports_init_against_architecture(tmp_path, mnist_roo
     assert "## Does the init still matter? Test accuracy by architecture" in report
     assert "| 6 | plain | kaiming" in report and "within 0.05 of the best" in report
     assert "report/architecture" in read_events(sweep / "report").Tags()["images"]
+
+
+def test_a_normalized_residual_network_trains_under_ddp(tmp_path, mnist_root):
+    """Two CPU processes (gloo): the batchnorm layers and ReZero's alphas are parameters DDP keeps in step; rank 0
+    writes the run once."""
+    done = train_cli("depth=4", "width=64", "norm=batchnorm", "block=residual", "alpha=rezero",
+                     "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
+                     "trainer.devices=2", "trainer.strategy=ddp", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0 and "Error executing job" not in done.stderr, done.stderr[-2000:]
+    (summary,) = tmp_path.rglob("summary.json")
+    result = json.loads(summary.read_text())
+    assert result["status"] == "ok" and result["config"]["architecture"] == "residual alpha=rezero + batchnorm"
+    assert result["metrics"]["test_acc"] > 0.8
