@@ -70,6 +70,9 @@ def test_step0_theory_of_normalized_and_residual_relu_lies_within_its_band(tmp_p
     q = profile(tmp_path, "preactivations", "sqr")
     if "norm=" in overrides[-1]:
         assert profile(tmp_path, "normalized", "sqr") == pytest.approx(1.0, abs=1e-3)  # every activation's input
+    if overrides == ["norm=layernorm"]:  # the correlation map at the unit q layernorm gives (batchnorm: none drawn)
+        corr = profile(tmp_path, "preactivations", "corr")
+        assert corr == pytest.approx(profile(tmp_path, "theory", "preactivations_corr"), abs=0.03)
     if overrides[0].startswith("norm="):
         assert np.mean(q[1:49]) == pytest.approx(1.0, abs=0.05)  # sigma_w^2 E relu(z)^2 = 1 after every norm
     elif "alpha=1/sqrt_L" in overrides:
