@@ -66,7 +66,7 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("init=bogus", "unknown init 'bogus'; choose one of: gaussian, kaiming, "),
+        ("init=bogus", "unknown init 'bogus'; choose one of: fixup, gaussian, kaiming, "),
         ("depth=0", "depth must be an integer >= 2 (got 0)"),
         ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
         ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),

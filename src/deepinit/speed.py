@@ -82,8 +82,8 @@ class LearningSpeed(L.Callback):
         # as Lightning moves and converts a validation batch (64-true: float64); once, then a no-op
         tracker.x = trainer.precision_plugin.convert_input(tracker.x.to(pl_module.device))
         tracker.y = tracker.y.to(pl_module.device)
-        model = pl_module.model
-        training, _ = model.training, model.eval()  # batchnorm: the running statistics, left as training made them
+        model, training = pl_module.model, pl_module.model.training
+        model.eval()  # batchnorm: the batch's own statistics would be updated into the running ones
         acc = accuracies(model, tracker.x, tracker.y, self.chunk).item()
         model.train(training)
         self.tracker.record(step, acc)
