@@ -23,21 +23,17 @@ CHANCE = 0.1  # a diverged run's accuracy in the cell means
 
 
 def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per finished run (a diverged one has no test accuracy)."""
+    """One row per finished run of the report's (deepinit.report.collect: its architecture, init, ...); a diverged
+    run has no test accuracy."""
     out = []
     for job in jobs:
         summary: Summary | None = job.get("_summary")
         if summary is None or summary.status not in FINISHED:
             continue
-        config = summary.config or {}
         ok = summary.status == "ok" and summary.metrics is not None
         out.append(
             {
-                "architecture": config.get("architecture", "plain"),  # runs from before the option were plain
-                "init": config.get("init"),
-                "activation": config.get("activation"),
-                "depth": config.get("depth"),
-                "seed": config.get("seed"),
+                **{k: job[k] for k in ("architecture", "init", "activation", "depth", "seed")},
                 "status": summary.status,
                 "test_acc": summary.metrics.test_acc if ok else None,
             }

@@ -241,7 +241,7 @@ def _check_architecture(settings: Settings) -> None:
     if SCHEMES[init.name].residual and model.block != "residual":
         raise ConfigError(f"init={init.name} initializes residual branches, and block={model.block} has none; set "
                           "block=residual")  # fmt: skip
-    if init.name == "lsuv" and not (model.block == "plain" and model.norm == "none"):
+    if init.name == "lsuv" and model.architecture != "plain":
         raise ConfigError(f"init=lsuv rescales a plain MLP layer by layer; with {model.architecture} choose another"
                           " init")  # fmt: skip
     if model.block == "residual" and model.depth < 3:

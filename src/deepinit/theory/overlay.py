@@ -4,6 +4,7 @@ inputs, and, for the square hidden stack, the Jacobian's spectrum estimated besi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -74,5 +75,5 @@ def _correlations(model: MLP, x: Tensor, pred: Prediction) -> np.ndarray:
     gram = pred.sigma_w2[0] * (x @ x.T) / model.linears[0].in_features + sigma_b2[0]
     scale = gram.diagonal().sqrt()
     c_1 = stats.pair_mean(gram / (scale[:, None] * scale[None, :])).item()
-    into = [*pred.q_act, 1.0] if model.norm != "none" else pred.q  # layernorm: the map at the unit q it gives
-    return np.array(correlation_profile(model.activation, c_1, into, pred.sigma_w2, sigma_b2))
+    # each layer's map at its activation's input q: q_l, or the unit q layernorm gives (the last entry is unused)
+    return np.array(correlation_profile(model.activation, c_1, [*pred.q_act, math.nan], pred.sigma_w2, sigma_b2))

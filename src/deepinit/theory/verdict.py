@@ -135,7 +135,7 @@ def verdict(t: Trainability) -> str:
         reach = (
             f"xi_c={t.xi_c:.3g}, trains to about 6 xi_c = {t.trainable_depth:.0f} layers; depth {t.depth} is {where}"
         )
+    assumed = "".join(f"; assumed: {note}" for note in t.assumed)
     if t.expectation is not None:  # the depth scales and the Jacobian's theory are the plain MLP's
-        return f"{head}, {t.architecture}: {t.expectation}" + "".join(f"; assumed: {note}" for note in t.assumed)
-    line = f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}"
-    return line + "".join(f"; assumed: {note}" for note in t.assumed)
+        return f"{head}, {t.architecture}: {t.expectation}{assumed}"
+    return f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}{assumed}"
