@@ -2,7 +2,7 @@
 
 python scripts/train.py init=kaiming depth=50
 python scripts/train.py -m init=normal,xavier,kaiming depth=10,50
-python scripts/train.py resume=<run folder>          # go on after Ctrl-C
+python scripts/train.py resume=<run folder>          # go on after Ctrl-C, SIGTERM, kill -9
 """
 
 import logging
@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from deepinit import stopping
 from deepinit.lifecycle import USER_ERRORS, RunInterrupted, RunRecord, exit_line, report_failure, report_interrupted
 from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
 from deepinit.settings.rules import ConfigError
@@ -64,6 +65,7 @@ def main(cfg: DictConfig) -> None:
             summary = run(settings, run_dir, resume=resume)
         except RunInterrupted as e:
             report_interrupted(e)
+            stopping.pass_on(e.signum)  # submitit's handler, where it ran us: it requeues the job and exits
             raise  # and the sweep stops here
         except Exception as e:
             if multirun:  # one job's failure is a row of the sweep report (its summary.json says failed)
@@ -116,10 +118,10 @@ if __name__ == "__main__":
         main()
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt as e:  # Ctrl-C: the run (a sweep's current job) has said where it stopped
+    except KeyboardInterrupt as e:  # Ctrl-C, a stop signal: the run (a sweep's current job) has said where it stopped
         if not isinstance(e, RunInterrupted):  # outside any run: between a sweep's jobs, say
             print("deepinit: interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)  # 128 + SIGINT, as a shell reports a process that Ctrl-C ended
+        sys.exit(stopping.exit_status(e))  # 128 + the signal (130 Ctrl-C, 143 SIGTERM), as a shell reports it
     except Exception as e:
         line = None if hydra_full_error else compose_error(e)
         if line is None:

@@ -1,8 +1,12 @@
+import csv
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +159,49 @@ def graphs_on_cpu(monkeypatch):
     monkeypatch.setattr(fast_step, "on_side_stream", lambda fn, device: fn())
     for mod in (fast_step, batched):
         monkeypatch.setattr(mod, "Graphed", WantingAGraph)
+
+
+def recorded_step(stats_csv: Path) -> int:
+    """The last step a layer_stats.csv holds so far (-1: none yet); a row still being written is not counted."""
+    steps = []
+    with open(stats_csv) as f:
+        for row in csv.DictReader(f):
+            try:
+                steps.append(int(row["step"]))
+            except (TypeError, ValueError):
+                pass
+    return max(steps, default=-1)
+
+
+def wait_for_step(runs_dir: Path, watch: str, step: int, timeout: float = 300) -> Path:
+    """The run folder of the first layer statistics file matching `watch` once it has reached `step`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.05)
+        found = sorted(Path(runs_dir).glob(watch))
+        if found and recorded_step(found[0]) >= step:
+            return found[0].parent
+    raise TimeoutError(f"no {watch} reached step {step} in {timeout} s")
+
+
+def signal_at(
+    runs_dir, mnist_root, step: int, args, signum: int, watch: str = "**/layer_stats.csv"
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Start scripts/train.py with args, and once the first layer statistics file matching `watch` reaches `step`,
+    send the process `signum`; returns the ended process and the folder of that file."""
+    env = {**os.environ, "DEEPINIT_DATA": str(mnist_root), "PYTHONUNBUFFERED": "1"}
+    flags = [a for a in args if a.startswith("-")]  # Hydra's -m before the overrides
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}"]
+    cmd += [a for a in args if not a.startswith("-")]
+    default_handler = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  (as in a terminal)
+    # the output to files, not pipes: nobody reads a pipe while the run trains, and a full one would stop it
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO,
+                                preexec_fn=default_handler)  # fmt: skip
+        try:
+            run = wait_for_step(runs_dir, watch, step)
+        finally:
+            proc.send_signal(signum)
+            proc.wait(timeout=300)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), run

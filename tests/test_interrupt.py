@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
-from conftest import REPO, read_events, train_cli
+from conftest import REPO, read_events, signal_at, train_cli
 
 ARGS = [
     "depth=10", "trainer.max_epochs=2", "trainer.limit_train_batches=200", "trainer.limit_val_batches=2",
@@ -22,29 +20,6 @@ ARGS = [
 def ctrl_c_at(runs_dir, mnist_root, step: int, args=ARGS) -> tuple[subprocess.CompletedProcess, object]:
     """Start the run, and once its (first) layer statistics reach `step`, send SIGINT as a terminal's Ctrl-C does."""
     return signal_at(runs_dir, mnist_root, step, args, signal.SIGINT)
-
-
-def signal_at(runs_dir, mnist_root, step: int, args, signum: int) -> tuple[subprocess.CompletedProcess, object]:
-    """Start the run, and once its (first) layer statistics reach `step`, send it `signum`."""
-    env = {**os.environ, "DEEPINIT_DATA": str(mnist_root), "PYTHONUNBUFFERED": "1"}
-    flags = [a for a in args if a.startswith("-")]  # Hydra's -m before the overrides
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}"]
-    cmd += [a for a in args if not a.startswith("-")]
-    default_handler = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  (as in a terminal)
-    # the output to files, not pipes: nobody reads a pipe while the run trains, and a full one would stop it
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=REPO,
-                                preexec_fn=default_handler)  # fmt: skip
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            time.sleep(0.05)
-            found = list(runs_dir.glob("**/layer_stats.csv"))
-            if found and max((int(r["step"]) for r in csv.DictReader(open(found[0]))), default=-1) >= step:
-                break
-        proc.send_signal(signum)
-        proc.wait(timeout=300)
-        out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), found[0].parent
 
 
 def steps_of(run_dir, tag):

@@ -118,6 +118,7 @@ def test_slurm_launcher_config_composes_with_its_settings():
     launcher = yaml.safe_load(done.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert (launcher["partition"], launcher["gpus_per_node"], launcher["timeout_min"]) == ("gpu", 2, 60)
+    assert (launcher["signal_delay_s"], launcher["max_num_timeout"]) == (120, 3)  # a stopped job requeues, resumes
 
 
 DDP = ("width=64", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",

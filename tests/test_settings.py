@@ -89,6 +89,10 @@ def test_what_does_not_change_results_and_what_members_may_differ_in():
     elsewhere = compose_cfg("depth=6", "runs_dir=/tmp/elsewhere", "threads=1", "force=true")
     assert base.same_results(elsewhere.config) and base.result_settings() == elsewhere.result_settings()
     assert not base.same_results(compose_cfg("depth=7").config)
+    # checkpoint.* never changes results; a run from before the group (its settings without it) compares equal
+    assert base.same_results(compose_cfg("depth=6", "checkpoint=off", "checkpoint.every_n_steps=10").config)
+    before = {k: v for k, v in base.config.items() if k != "checkpoint"}
+    assert base.same_results(before)
     members = [compose_cfg("depth=6", f"init={i}", f"seed={s}", "stats=off") for i, s in (("xavier", 1), ("lsuv", 2))]
     assert {m.group_key() for m in [base, *members]} == {base.group_key()}
     assert compose_cfg("depth=6", "optim=sgd").group_key() != base.group_key()
@@ -102,7 +106,8 @@ def test_folder_names_leave_out_what_the_settings_say():
     from deepinit.settings.records import Settings
 
     register()
-    assert set(Settings.NEUTRAL) == {"runs_dir", "sweep_name", "force", "resume", "threads", "data.root"}
+    assert set(Settings.NEUTRAL) == {"runs_dir", "sweep_name", "force", "resume", "threads", "data.root",
+                                     "checkpoint.every_minutes", "checkpoint.every_n_steps"}  # fmt: skip
     assert set(Settings.NEUTRAL) <= set(Settings.UNNAMED) and "seed" in Settings.UNNAMED
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
@@ -115,5 +120,5 @@ def test_every_config_file_names_its_schema():
 
     for name in SCHEMES:
         assert f"- /schema/init/{name}@_here_" in (REPO / "conf" / "init" / f"{name}.yaml").read_text(), name
-    for path in ("data/mnist.yaml", "stats/default.yaml", "train.yaml"):
+    for path in ("data/mnist.yaml", "stats/default.yaml", "checkpoint/default.yaml", "train.yaml"):
         assert "- /schema/" in (REPO / "conf" / path).read_text(), path

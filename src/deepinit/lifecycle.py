@@ -2,11 +2,13 @@
 failure is reported.
 
 Every run goes through a `RunRecord`: a lone run (deepinit.train), each member of a batched group
-(deepinit.batched) and, under DDP, every rank (rank 0 writes the file). It starts `failed` and ends as one of
+(deepinit.batched) and, under DDP, every rank (rank 0 writes the file). Once configured it says `running` (with
+host and pid: a run whose process died reads as interrupted, deepinit.summary) and ends as one of
 
 - ok: trained and tested (`conclude`);
 - diverged: the loss stopped being finite, a result of the study (`diverged`, then `conclude`);
-- interrupted: Ctrl-C; the reason says where it stopped and how to go on (RunInterrupted is raised);
+- interrupted: Ctrl-C or a stop signal (deepinit.stopping); the reason says where it stopped, by which signal, and
+  how to go on (RunInterrupted is raised);
 - failed: anything else; bad settings and bad data keep their one line, a full disk becomes NoRoomError's.
 
 `with RunRecord(run_dir) as record:` turns whatever ends the block into that status and writes summary.json
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import signal
+import socket
 import time
 import zipfile
 from datetime import datetime
@@ -32,12 +37,13 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from deepinit import checkpoints, stopping
 from deepinit.provision import DataError
 from deepinit.run_logger import RunLogger, hparams_metrics, hparams_row, shown_columns
 from deepinit.settings.records import Settings
 from deepinit.settings.rules import ConfigError
 from deepinit.summary import Divergence, Metrics, Summary
-from deepinit.sweep import INTERRUPTED_CHECKPOINT, clear_attempt
+from deepinit.sweep import clear_attempt
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,12 @@ class NoRoomError(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run; its summary says interrupted. A KeyboardInterrupt still, so that it stops a sweep
-    (Hydra's launchers record an Exception as the job's failure and go on)."""
+    """Ctrl-C or a stop signal (signum) stopped a run; its summary says interrupted. A KeyboardInterrupt still, so
+    that it stops a sweep (Hydra's launchers record an Exception as the job's failure and go on)."""
 
-    def __init__(self, summary: Summary) -> None:
+    def __init__(self, summary: Summary, signum: int = signal.SIGINT) -> None:
         super().__init__(summary.reason)
-        self.summary = summary
+        self.summary, self.signum = summary, signum
 
 
 # What a run's user can mend: bad settings, bad data, a full disk. Their one line is the whole message: no traceback.
@@ -129,33 +135,46 @@ class RunRecord:
         return record.summary
 
     def configure(self, settings: Settings) -> None:
+        """The run's settings, and summary.json says `running` (this host, this process) from here on."""
         self.settings = settings
-        self.summary.config = settings.essentials()
-        self.summary.settings = settings.config  # all of it, to tell a rerun apart
+        summary = self.summary
+        summary.config = settings.essentials()
+        summary.settings = settings.config  # all of it, to tell a rerun apart
+        summary.status, summary.host, summary.pid = "running", socket.gethostname(), os.getpid()
+        if rank_zero_only.rank == 0:
+            summary.write(self.run_dir)
 
     def open_logger(self) -> RunLogger:
-        self.logger = RunLogger(self.run_dir)
+        """The run's TensorBoard logger. A resumed run's starts by telling TensorBoard to drop what the earlier
+        attempt logged from the resumption's step on (kill -9 leaves steps after the last checkpoint, trained again)."""
+        resumed_at = self.summary.resumed[-1]["at_step"] if self.summary.resumed else None
+        self.logger = RunLogger(self.run_dir, purge_step=resumed_at)
         return self.logger
 
-    def resume(self, settings: Settings) -> Path | None:
-        """The checkpoint to go on from in run_dir, with the interrupted attempt's history carried into the
-        summary; None (run_dir cleared) when the attempt left none. ConfigError when it ran with other settings."""
-        earlier = Summary.read(self.run_dir)
-        if earlier is None or earlier.status != "interrupted":
+    def resume(self, settings: Settings, locked: bool = False) -> Path | None:
+        """The newest usable checkpoint to go on from in run_dir, with the stopped attempt's history carried into the
+        summary; None (run_dir cleared) when the attempt left none. ConfigError when it ran with other settings, or
+        still runs. locked: the caller holds the job's lock (deepinit.sweep.claim), so a `running` attempt died."""
+        earlier = Summary.read(self.run_dir)  # a run whose process died reads interrupted
+        mine = earlier is not None and earlier.host == socket.gethostname()
+        if earlier is not None and earlier.status == "running" and mine and not locked:
+            raise ConfigError(f"resume={self.run_dir}: it is still running (pid {earlier.pid}); stop it first")
+        if earlier is None or earlier.status not in ("interrupted", "running"):  # running: on a host not seen here
             status = "no summary.json" if earlier is None else f"its status is {earlier.status}"
             raise ConfigError(f"resume={self.run_dir}: nothing to resume ({status}); only an interrupted run resumes")
         if not settings.same_results(earlier.settings):
             raise ConfigError(
                 f"resume={self.run_dir}: the config composed now differs from the run's own; edit it back first"
             )
-        checkpoint = self.run_dir / INTERRUPTED_CHECKPOINT
-        if not checkpoint.is_file():  # interrupted before its first step: nothing to go on from
+        checkpoint = checkpoints.newest_usable(self.run_dir)
+        if checkpoint is None:  # stopped before its first checkpoint: nothing to go on from
             log.info(f"resuming {self.run_dir}: no checkpoint was left, so the run starts over there")
             clear_attempt(self.run_dir)
             return None
         # the run's history: its first start, then each resumption (when, from which step)
         summary = self.summary
-        summary.resumed = [*(earlier.resumed or []), {"at_step": earlier.steps, "at": summary.started}]
+        at_step = checkpoints.step_of(checkpoint, earlier.steps)
+        summary.resumed = [*(earlier.resumed or []), {"at_step": at_step, "at": summary.started}]
         summary.started = earlier.started
         summary.earlier_wall_time_s = (earlier.wall_time_s or 0) + earlier.earlier_wall_time_s
         return checkpoint
@@ -235,8 +254,9 @@ class RunRecord:
         if isinstance(error, KeyboardInterrupt) or (
             isinstance(error, SystemExit) and self.trainer is not None and self.trainer.interrupted
         ):
-            self._interrupted()
-            interrupted = RunInterrupted(summary)
+            signum = stopping.received() or signal.SIGINT
+            self._interrupted(signum)
+            interrupted = RunInterrupted(summary, signum)
             interrupted.__suppress_context__ = True
             return interrupted
         if isinstance(error, SystemExit):
@@ -249,14 +269,16 @@ class RunRecord:
         full.__cause__ = error
         return full
 
-    def _interrupted(self) -> None:
-        """status interrupted, where, and how to go on."""
+    def _interrupted(self, signum: int) -> None:
+        """status interrupted, where, by which signal (Ctrl-C's goes unsaid), and how to go on."""
         summary, trainer = self.summary, self.trainer
-        checkpoint = self.run_dir / INTERRUPTED_CHECKPOINT
+        checkpoint = checkpoints.newest_usable(self.run_dir)
         where = "before training started"
         if trainer is not None:
             summary.steps, summary.epochs = trainer.global_step, trainer.current_epoch
             where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
-        kept = f"checkpoint {checkpoint}" if checkpoint.is_file() else "no checkpoint (it starts over)"
-        summary.status, summary.checkpoint = "interrupted", str(checkpoint) if checkpoint.is_file() else None
+        if signum != signal.SIGINT:
+            where += f" by {signal.Signals(signum).name}"
+        kept = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint (it starts over)"
+        summary.status, summary.checkpoint = "interrupted", None if checkpoint is None else str(checkpoint)
         summary.reason = f"interrupted {where}; {kept}; resume with: python scripts/train.py resume={self.run_dir}"

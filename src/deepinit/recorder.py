@@ -85,6 +85,8 @@ class LayerRecorder:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / self.csv_file
             is_new = not path.exists()
+            if not is_new and self.history:  # resumed: rows past the checkpoint's last record are trained again
+                _keep_rows_through(path, max(step for rows in self.history.values() for step, _ in rows))
             self._csv = open(path, "a", newline="")  # noqa: SIM115  (kept open across steps, closed by close())
             self._csv_writer = csv.writer(self._csv)
             if is_new:
@@ -289,3 +291,16 @@ class LayerRecorder:
             if self.writer is not None:
                 self.writer.add_figure(f"figures/{name}", fig, step)  # closes the figure
                 self.writer.flush()
+
+
+def _keep_rows_through(path: Path, last_step: int) -> None:
+    """Drop the CSV rows recorded after `last_step` (a run killed after its last checkpoint recorded steps that its
+    resumption records again), written whole or not at all."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0], *(row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= last_step)]
+    if len(kept) < len(rows):
+        part = path.with_name(path.name + ".part")
+        with open(part, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        part.replace(path)

@@ -74,8 +74,9 @@ class RunLogger(TensorBoardLogger):
     closed writer reopens as a new event file on the next write; here those only flush, and `close` ends the
     writer once, when the run is over (failures included). Its HParams entry opens on the study's columns."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        # purge_step: SummaryWriter's; TensorBoard then drops the earlier event files' entries from that step on
+        super().__init__(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
 
     @rank_zero_only  # under DDP the other processes' experiment is a dummy with no file writer
     def log_hyperparams(

@@ -1,7 +1,9 @@
 """summary.json as one record, `Summary`, for every writer (deepinit.lifecycle.RunRecord, for lone runs and batched
 members alike) and every reader (the sweep report, the phase diagram, a rerun's resume and skip decisions).
 
-A run's summary.json holds: status (ok, diverged, interrupted, failed) and its one-line reason; config (the
+A run's summary.json holds: status (running while it runs; then ok, diverged, interrupted, failed) and its one-line
+reason; host and pid (the process that writes it, so that a later look tells a run still going from one whose
+process died: `Summary.read` calls that one interrupted); config (the
 essentials); run_dir; started; and, as the run gets there: settings (the whole composed config), theory (the
 verdict on its init), resumed (each resumption), steps, epochs, metrics, speed (deepinit.speed), divergence, init
 (what it used), device, training_step, hparams_metrics, checkpoint (where an interrupted run can go on from),
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import socket
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +25,9 @@ from typing import Any
 
 from deepinit.theory import Trainability
 
-STATUSES = ("ok", "diverged", "interrupted", "failed")
+STATUSES = ("running", "ok", "diverged", "interrupted", "failed")
 FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
+RESUMABLE = ("interrupted",)  # a run whose process died while `running` reads as interrupted (Summary.read)
 
 
 @dataclass
@@ -92,6 +97,8 @@ class Summary:
     config: dict[str, Any] | None = None
     run_dir: str = ""
     started: str = ""
+    host: str | None = None
+    pid: int | None = None
     settings: dict[str, Any] | None = None
     theory: Trainability | None = None
     resumed: list[dict[str, Any]] | None = None
@@ -143,9 +150,27 @@ class Summary:
     def read(cls, run_dir: Path) -> Summary | None:
         """The summary.json in run_dir, or None where there is none (or it cannot be read)."""
         try:
-            return cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
+            summary = cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
         except (OSError, ValueError, TypeError):
             return None
+        if summary.status == "running" and not summary.may_be_running():
+            summary.status = "interrupted"
+            summary.reason = (f"its process ({summary.pid} on {summary.host}) ended without a word (kill -9, the OOM "
+                              f"killer?); resume with: python scripts/train.py resume={run_dir}")  # fmt: skip
+        return summary
+
+    def may_be_running(self) -> bool:
+        """Whether the process that wrote `running` may still be at it: alive on this host, or on another host
+        (which this one cannot see: a sweep's job lock tells there, deepinit.sweep)."""
+        if self.host != socket.gethostname() or self.pid is None:
+            return self.host != socket.gethostname()
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, someone else's
+            return True
+        return self.pid != os.getpid()  # this process writes its own runs: an earlier job's record, never finished
 
     def end_line(self, runs_root: Path) -> str:
         """The run's last console line: status, accuracy, time, where its logs are and how to view them."""

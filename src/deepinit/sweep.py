@@ -38,15 +38,14 @@ def sweep_name(overrides: Sequence[str]) -> str:
     return f"sweep_{name}"
 
 
-INTERRUPTED_CHECKPOINT = "checkpoints/interrupted.ckpt"  # what Ctrl-C leaves (deepinit.train.InterruptCheckpoint)
-
-
 def resume_point(job_dir: Path, settings: Settings) -> Path | None:
-    """The checkpoint an interrupted attempt with these settings left, to go on from, else None."""
+    """The newest usable checkpoint (deepinit.checkpoints) an unfinished attempt with these settings left, to go on
+    from, else None. For the job's lock holder: an attempt that still says `running` died (on any host)."""
+    from deepinit.checkpoints import newest_usable
+
     summary = Summary.read(job_dir)
-    checkpoint = Path(job_dir) / INTERRUPTED_CHECKPOINT
-    interrupted = summary is not None and summary.status == "interrupted" and settings.same_results(summary.settings)
-    return checkpoint if interrupted and checkpoint.is_file() else None
+    unfinished = summary is not None and summary.status in ("interrupted", "running")
+    return newest_usable(job_dir) if unfinished and settings.same_results(summary.settings) else None
 
 
 def finished_summary(job_dir: Path, settings: Settings) -> Summary | None:

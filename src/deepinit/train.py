@@ -19,9 +19,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from deepinit import theory
+from deepinit import checkpoints, stopping, theory
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
 from deepinit.lifecycle import RunRecord
@@ -34,30 +34,15 @@ from deepinit.settings.records import RunSettings, Settings
 from deepinit.settings.rules import ConfigError
 from deepinit.speed import LearningSpeed, speed_tracker
 from deepinit.summary import Summary
-from deepinit.sweep import INTERRUPTED_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
 # A diverged step returns None on purpose (skipping its update); the divergence line already says so.
 warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
-# With an OnExceptionCheckpoint among the callbacks (InterruptCheckpoint), Lightning looks for its file on every fit
-# and warns when there is none; resuming is asked for explicitly here (resume=), so those warnings say nothing.
+# With an OnExceptionCheckpoint among the callbacks (checkpoints.InterruptCheckpoint), Lightning looks for its file on
+# every fit and warns when there is none; resuming is asked for explicitly (resume=), so those warnings say nothing.
 warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-
-
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's on-exception checkpoint, for Ctrl-C only (a failing run, a full disk above all, gets none):
-    the state the run reached, which `resume=` goes on from. Removed when a run that uses it ends well."""
-
-    def __init__(self, run_dir: Path) -> None:
-        checkpoint = Path(run_dir) / INTERRUPTED_CHECKPOINT
-        super().__init__(dirpath=checkpoint.parent, filename=checkpoint.stem)
-
-    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        exception = args[-1] if args else kwargs.get("exception")
-        if isinstance(exception, KeyboardInterrupt):
-            super().on_exception(trainer, *args, **kwargs)
 
 
 def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
@@ -125,7 +110,7 @@ def predict_trainability(
 @contextmanager
 def job_scope() -> Iterator[None]:
     """Restore, when a run ends, the process-wide state it changes: RNG streams, Lightning's seed variables,
-    determinism and precision flags, the thread count, the Ctrl-C handler. Jobs that share a process (Hydra's
+    determinism and precision flags, the thread count, the signal handlers. Jobs that share a process (Hydra's
     basic launcher, a joblib worker) then start alike, whatever ran before them."""
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")}
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -135,7 +120,8 @@ def job_scope() -> Iterator[None]:
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None  # Lightning ignores Ctrl-C after the first
     try:
-        yield
+        with stopping.catching():  # SIGTERM and a preemption stop the run as Ctrl-C does
+            yield
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
@@ -169,7 +155,8 @@ def run(settings: Settings, run_dir: Path, resume: bool = False) -> Summary:
 
 def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
     with RunRecord(run_dir) as record:
-        checkpoint = record.resume(settings) if resume else None
+        # a sweep's job holds its lock (scripts/train.py): an attempt still marked running there died
+        checkpoint = record.resume(settings, locked=settings.multirun) if resume else None
         record.configure(settings)
         apply_process_settings(settings.run)
         datamodule, module, init_used = build(settings)
@@ -179,9 +166,14 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
         speed = [LearningSpeed(tracker, settings.data.eval_batch_size)] if tracker is not None else []
         # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
         # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
-        checkpoints = [ModelCheckpoint(), InterruptCheckpoint(run_dir)] if settings.trainer.checkpointing else []
-        callbacks = [*([recording] if recording is not None else []), *speed, *checkpoints]
-        trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        saving = []
+        if settings.trainer.checkpointing:
+            every = settings.checkpoint
+            periodic = checkpoints.periodic(run_dir, every.every_minutes, every.every_n_steps)
+            saving = [ModelCheckpoint(), checkpoints.InterruptCheckpoint(run_dir), *([periodic] if periodic else [])]
+        callbacks = [*([recording] if recording is not None else []), *speed, *saving, stopping.StopAtStepEnd()]
+        trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
+                                        plugins=[checkpoints.AtomicCheckpointIO()])  # fmt: skip
         record.trainer = trainer
         check_strategy(trainer, settings.multirun)
         device = trainer.strategy.root_device
@@ -203,6 +195,7 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
         else:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        checkpoints.remove_stale(run_dir)
         record.conclude(
             metrics, module.val_acc_history, recording.history if recording is not None else {},
             init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device),

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from deepinit import stopping
 from deepinit.batched.group import GroupModule, Member, MembersLogger
 from deepinit.batched.stacked import StackedBatches, StackedMLP
 from deepinit.data import TensorBatches
@@ -52,7 +53,7 @@ def _train_group(
                 members.append(Member(k, own, record, module.model, init_used, tracker))
             trainer = first.trainer.make(
                 logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
-                callbacks=list(callbacks), default_root_dir=str(Path(run_dirs[0]).parent),
+                callbacks=[*callbacks, stopping.StopAtStepEnd()], default_root_dir=str(Path(run_dirs[0]).parent),
             )  # fmt: skip
             for member in members:
                 member.record.trainer = trainer

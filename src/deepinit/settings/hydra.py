@@ -28,7 +28,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from deepinit.init_schemes import SCHEMES
-from deepinit.settings.records import TOP_LEVEL, DataSettings, Settings, SpeedSettings, StatsSettings
+from deepinit.settings.records import (
+    TOP_LEVEL,
+    CheckpointSettings,
+    DataSettings,
+    Settings,
+    SpeedSettings,
+    StatsSettings,
+)
 from deepinit.settings.rules import ConfigError, config_key
 
 SCHEMA = "schema"  # the ConfigStore group of the schemas (conf/ has no folder of that name)
@@ -69,6 +76,7 @@ def register() -> None:
     store.store(group=SCHEMA, name="data", node=_schema("DataSchema", [DataSettings], "data"))
     store.store(group=SCHEMA, name="stats", node=_schema("StatsSchema", [StatsSettings], "stats"))
     store.store(group=SCHEMA, name="speed", node=_schema("SpeedSchema", [SpeedSettings], "speed"))
+    store.store(group=SCHEMA, name="checkpoint", node=_schema("CheckpointSchema", [CheckpointSettings], "checkpoint"))
     for name, scheme in SCHEMES.items():
         schema = _schema(f"{scheme.settings.__name__}Schema_{name}", [scheme.settings], f"init {name}")
         store.store(group=f"{SCHEMA}/init", name=name, node=schema)

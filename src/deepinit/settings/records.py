@@ -147,6 +147,17 @@ class SpeedSettings(Checked):
 
 
 @dataclass(frozen=True)
+class CheckpointSettings(Checked):
+    """Periodic checkpoints (deepinit.checkpoints), besides the stopped run's and the last epoch's: a kill with no
+    warning loses at most this much training; every_n_steps, where set, instead of every_minutes; both null: none.
+    They do not change results (a resumed run ends as the uninterrupted one)."""
+
+    PREFIX = "checkpoint"
+    every_minutes: float | None = setting(number(above=0, null=True), neutral=True)
+    every_n_steps: int | None = setting(integer(1, null=True), neutral=True)  # set: instead of every_minutes
+
+
+@dataclass(frozen=True)
 class Target:
     """A `_target_` group left open to its class's own arguments (optim.*, trainer.*): the class checks them, and
     its refusal is one line naming the group."""
@@ -229,7 +240,7 @@ ESSENTIALS = {"init": "init", "depth": "depth", "width": "width", "activation": 
 def _flagged(flag_name: str) -> tuple[str, ...]:
     return tuple(
         record.key(config_key(f))
-        for record in (*TOP_LEVEL, DataSettings, StatsSettings)
+        for record in (*TOP_LEVEL, DataSettings, StatsSettings, CheckpointSettings)
         for f in dataclasses.fields(record)
         if f.metadata.get(flag_name)
     )
@@ -266,6 +277,7 @@ class Settings:
     data: DataSettings
     stats: StatsSettings
     speed: SpeedSettings
+    checkpoint: CheckpointSettings
     optim: OptimSettings
     trainer: TrainerSettings
     run: RunSettings
@@ -273,7 +285,7 @@ class Settings:
     multirun: bool = False
     swept: dict[str, Any] = field(default_factory=dict)
 
-    GROUPS = ("data", "init", "stats", "speed", "optim", "trainer")
+    GROUPS = ("data", "init", "stats", "speed", "checkpoint", "optim", "trainer")
     # The settings that do not change a run's results: a sweep's name leaves them out, a rerun compares its settings
     # without them, a batched group lets them differ.
     NEUTRAL = _flagged("neutral")
@@ -302,6 +314,7 @@ class Settings:
             data=DataSettings.from_dict(config["data"]),
             stats=StatsSettings.from_dict(config["stats"]),
             speed=SpeedSettings.from_dict(config["speed"]),
+            checkpoint=CheckpointSettings.from_dict(config["checkpoint"]),
             optim=OptimSettings.from_dict("optim", config["optim"]),
             trainer=TrainerSettings.from_dict("trainer", config["trainer"]),
             run=run,
@@ -344,7 +357,8 @@ class Settings:
             for parent in parents:
                 node = node.get(parent, {})
             node.pop(leaf, None)
-        return config
+        # a group of neutral keys only (checkpoint) leaves nothing: runs from before it compare equal
+        return {k: v for k, v in config.items() if v != {} or k not in cls.GROUPS}
 
     def result_settings(self) -> dict[str, Any]:
         return self.results_part(self.config)

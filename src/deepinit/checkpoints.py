@@ -1,0 +1,118 @@
+"""A run's checkpoints, all in <run>/checkpoints/: what writes them, how, and which one a resumed run goes on from.
+
+- `interrupted.ckpt` (InterruptCheckpoint): the state a stopped run reached (Ctrl-C, SIGTERM, a preemption).
+- `periodic-step=<n>.ckpt` (`periodic`, checkpoint.every_minutes or every_n_steps): the newest only, so that a kill
+  with no warning (kill -9, the OOM killer, a lost node) loses at most that much training.
+- `epoch=<e>-step=<n>.ckpt`: Lightning's own, the last epoch's (trainer.enable_checkpointing).
+
+Every one is written whole or not at all (AtomicCheckpointIO: a temporary file in the same folder, flushed to disk,
+then renamed over the name), and a newer one replaces an older only once it is complete: a kill during a write
+leaves the previous checkpoint usable. `newest_usable` is the one a resumed run goes on from, whichever kind.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+FOLDER = "checkpoints"
+INTERRUPTED = "interrupted.ckpt"
+PERIODIC = "periodic-{step}"  # ModelCheckpoint's filename pattern: periodic-step=120.ckpt
+TEMPORARY = ".part"  # a checkpoint being written (deepinit.summary.write_whole's suffix too)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, written whole or not at all in the checkpoint's own folder (Lightning's own
+    writes a temporary file where the system keeps them and moves it into place, which between file systems is
+    a copy that a kill can leave half done)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        part = path.with_name(path.name + TEMPORARY)
+        try:
+            with open(part, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the name points at it: a crash then leaves old or new
+            part.replace(path)
+        finally:
+            part.unlink(missing_ok=True)
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Lightning's on-exception checkpoint, for a stopped run only (Ctrl-C, a stop signal: deepinit.stopping; a
+    failing run, a full disk above all, gets none): the state the run reached, which a resumed run goes on from.
+    Lightning removes it when a run that uses it ends well."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(dirpath=Path(run_dir) / FOLDER, filename=Path(INTERRUPTED).stem)
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        exception = args[-1] if args else kwargs.get("exception")
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            super().on_exception(trainer, *args, **kwargs)
+
+
+def periodic(run_dir: Path, every_minutes: float | None, every_n_steps: int | None) -> ModelCheckpoint | None:
+    """The ModelCheckpoint that keeps the newest periodic checkpoint: every_n_steps steps apart where set, else
+    every_minutes of training apart; None where neither is set."""
+    if every_minutes is None and every_n_steps is None:
+        return None
+    interval = None if every_minutes is None or every_n_steps is not None else timedelta(minutes=every_minutes)
+    return ModelCheckpoint(
+        dirpath=Path(run_dir) / FOLDER, filename=PERIODIC, save_top_k=1, every_n_train_steps=every_n_steps,
+        train_time_interval=interval, save_on_train_epoch_end=False,
+    )  # fmt: skip
+
+
+def intact(path: Path) -> bool:
+    """Whether a checkpoint file is whole: a zip archive (torch.save's format) whose every member's CRC checks."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def newest_usable(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint of the run, of any kind (the last written is the furthest along: a resumed run
+    writes after the one it went on from); damaged ones are said and passed over."""
+    candidates = sorted((Path(run_dir) / FOLDER).glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in candidates:
+        if intact(path):
+            return path
+        log.warning(f"{path}: damaged (a write cut short?); passed over for an older checkpoint")
+    return None
+
+
+def step_of(path: Path, summary_steps: int | None) -> int | None:
+    """The step a checkpoint holds: in its name (periodic-step=120, epoch=1-step=860), else (interrupted.ckpt) the
+    stopped run's summary's."""
+    found = re.search(r"step=(\d+)", Path(path).name)
+    return int(found.group(1)) if found else summary_steps
+
+
+def remove_stale(run_dir: Path) -> None:
+    """Remove what a run that ended well no longer needs: periodic checkpoints and half-written files."""
+    folder = Path(run_dir) / FOLDER
+    for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{TEMPORARY}")]:
+        path.unlink(missing_ok=True)
