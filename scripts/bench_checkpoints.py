@@ -12,9 +12,11 @@ overhead: measured at that interval, and what it comes to at the default interva
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +56,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=None, help="steps between checkpoints (default: steps / 4)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # the table, not Lightning's start-up lines
+    warnings.filterwarnings("ignore", module="lightning")
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         default_minutes = compose("train").checkpoint.every_minutes

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, read_events, signal_at, train_cli
 
 ARGS = [
@@ -100,19 +102,21 @@ def test_ctrl_c_stops_a_sweep_and_rerunning_it_resumes_the_interrupted_job(tmp_p
     assert len(resumed) == 1 and resumed[0]["at_step"] >= 40
 
 
-def test_ctrl_c_stops_a_batched_group_and_every_member_says_where(tmp_path, mnist_root):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_a_batched_group_and_every_member_says_where(tmp_path, mnist_root, signum):
     args = ["-m", "hydra/launcher=batched", "init=kaiming,xavier", *ARGS[:2], "trainer.limit_train_batches=100"]
     args += ARGS[3:]
-    done, _ = ctrl_c_at(tmp_path, mnist_root, 40, args)
+    done, _ = signal_at(tmp_path, mnist_root, 40, args, signum)
     output = done.stdout + done.stderr
-    assert done.returncode == 130 and "Traceback" not in output, output[-2000:]
+    assert done.returncode == 128 + signum and "Traceback" not in output, output[-2000:]
     (sweep,) = tmp_path.iterdir()
     jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
     assert len(jobs) == 2
     for run in jobs:  # both members, through the lone run's lifecycle: where the group stopped, how to go on
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["steps"] >= 40, summary
-        assert summary["reason"].startswith(f"interrupted at step {summary['steps']} (epoch 0); no checkpoint")
+        by = "" if signum == signal.SIGINT else " by SIGTERM"  # Ctrl-C goes unsaid
+        assert summary["reason"].startswith(f"interrupted at step {summary['steps']} (epoch 0){by}; no checkpoint")
     assert f"deepinit: interrupted at step {summary['steps']}" in output
 
     again = train_cli(*args, runs_dir=tmp_path, data_root=mnist_root)  # the group runs again, from the start

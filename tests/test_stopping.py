@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,21 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path, m
     assert path.read_bytes() == before and checkpoints.intact(path)
     assert list(path.parent.iterdir()) == [path]  # no temporary left behind
     assert checkpoints.newest_usable(tmp_path) == path
+
+
+def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
+    from deepinit.summary import Summary
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    for pid, status in ((gone.pid, "interrupted"), (os.getppid(), "running")):  # dead; alive (pytest's parent)
+        Summary(status="running", run_dir=str(tmp_path), host=socket.gethostname(), pid=pid).write(tmp_path)
+        read = Summary.read(tmp_path)
+        assert read.status == status, pid
+        assert (status == "interrupted") == ("ended without a word" in (read.reason or "")), read.reason
+    # another host's process cannot be seen from here: still running (a sweep's job lock tells there)
+    Summary(status="running", run_dir=str(tmp_path), host="elsewhere", pid=gone.pid).write(tmp_path)
+    assert Summary.read(tmp_path).status == "running"
 
 
 def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_path, mnist_root, uninterrupted):
