@@ -78,7 +78,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes_to_the_same_result(tmp_p
     assert_same_results(run, uninterrupted)
 
 
-def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tmp_path, mnist_root, uninterrupted):
+def test_kill_9_loses_only_the_steps_since_the_newest_checkpoint(tmp_path, mnist_root, uninterrupted):
     step = random.Random().randint(250, 900)
     done, run = signal_at(tmp_path, mnist_root, step, RUN, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL
@@ -86,19 +86,21 @@ def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tmp_path
     assert on_disk["status"] == "running" and on_disk["pid"] > 0 and on_disk["host"]  # as the process left it
     periodic = sorted((run / "checkpoints").glob("periodic-step=*.ckpt"))
     assert len(periodic) == 1  # the newest only
-    last = checkpoints.step_of(periodic[0], None)
+    # the newest checkpoint: the periodic one, or the last epoch's where an epoch ended (step 430) after it
+    newest = max((run / "checkpoints").glob("*.ckpt"), key=lambda p: checkpoints.step_of(p, None))
+    last = checkpoints.step_of(newest, None)
     assert step - 100 <= last  # periodic checkpoints every 100 steps (the kill lands a few steps after `step`)
     # a kill during a later write: a half-written temporary, and (as a writer without the rename would leave it) a
     # newer checkpoint cut short; both are passed over for the last whole one
     (run / "checkpoints" / f"periodic-step={last + 100}.ckpt.part").write_bytes(b"PK\x03\x04 cut")
     cut = run / "checkpoints" / f"periodic-step={last + 100}.ckpt"
-    cut.write_bytes(periodic[0].read_bytes()[: periodic[0].stat().st_size // 2])
+    cut.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     later = time.time() + 5
     os.utime(cut, (later, later))
 
     resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {periodic[0]}" in resumed.stdout + resumed.stderr
+    assert f"resuming from {newest}" in resumed.stdout + resumed.stderr
     assert f"{cut}: damaged" in resumed.stdout + resumed.stderr
     assert summary_of(run)["resumed"][0]["at_step"] == last
     assert_same_results(run, uninterrupted)  # the damaged file pruned with the periodic ones, the temporary too

@@ -42,7 +42,7 @@ from deepinit.provision import DataError
 from deepinit.run_logger import RunLogger, hparams_metrics, hparams_row, shown_columns
 from deepinit.settings.records import Settings
 from deepinit.settings.rules import ConfigError
-from deepinit.summary import Divergence, Metrics, Summary
+from deepinit.summary import UNFINISHED, Divergence, Metrics, Summary
 from deepinit.sweep import clear_attempt
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class RunRecord:
         mine = earlier is not None and earlier.host == socket.gethostname()
         if earlier is not None and earlier.status == "running" and mine and not locked:
             raise ConfigError(f"resume={self.run_dir}: it is still running (pid {earlier.pid}); stop it first")
-        if earlier is None or earlier.status not in ("interrupted", "running"):  # running: on a host not seen here
+        if earlier is None or earlier.status not in UNFINISHED:
             status = "no summary.json" if earlier is None else f"its status is {earlier.status}"
             raise ConfigError(f"resume={self.run_dir}: nothing to resume ({status}); only an interrupted run resumes")
         if not settings.same_results(earlier.settings):

@@ -3,10 +3,10 @@
 - SIGINT (Ctrl-C) is Lightning's: a KeyboardInterrupt wherever the run is, Lightning's graceful shutdown inside fit.
 - SIGTERM (`kill`, `timeout`, the end of a SLURM job, Kubernetes, a preemption) and submitit's preemption signal
   (SIGUSR2, or what SUBMITIT_PREEMPT_SIGNAL names) are caught here while a run lasts (`catching`, entered by
-  deepinit.train.job_scope). Inside training the run stops at the end of the step it is in (`StopAtStepEnd`), so
-  the checkpoint then written holds whole steps; anywhere else at once. Either way it stops as Ctrl-C stops it
-  (`Stopped` is a KeyboardInterrupt): the interrupt checkpoint (deepinit.checkpoints), `interrupted` with the step
-  and the signal, the line saying how to go on.
+  deepinit.train.job_scope). Inside training the run finishes the step it is in and stops before the next
+  (`StopBetweenSteps`), so the checkpoint then written holds whole steps, logged and counted; anywhere else at
+  once. Either way it stops as Ctrl-C stops it (`Stopped` is a KeyboardInterrupt): the interrupt checkpoint
+  (deepinit.checkpoints), `interrupted` with the step and the signal, the line saying how to go on.
 
 The process then ends with the conventional status, 128 + the signal's number (130 Ctrl-C, 143 SIGTERM), unless
 another handler of that signal was there before the run (submitit's): it is run instead (`pass_on`), and
@@ -45,7 +45,7 @@ class Stopped(KeyboardInterrupt):
 
 class _State:
     received: int | None = None  # the first stop signal of this run
-    deferring = False  # inside training: stop at the step's end, not where the signal lands
+    deferring = False  # inside training: stop between two steps, not where the signal lands
 
 
 _state = _State()
@@ -54,7 +54,7 @@ _state = _State()
 def _handler(signum: int, frame: Any) -> None:
     if _state.received is None:
         log.warning(f"deepinit: {signal.Signals(signum).name} received; stopping"
-                    + (" at the end of this step" if _state.deferring else ""))  # fmt: skip
+                    + (" once this step is done" if _state.deferring else ""))  # fmt: skip
     _state.received = _state.received or signum
     if not _state.deferring:
         raise Stopped(signum)
@@ -84,15 +84,17 @@ def catching() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-class StopAtStepEnd(L.Callback):
-    """While the Trainer trains, a stop signal waits for the end of the step it came in (Lightning's own SIGTERM
-    handling waits for it too); before and after training it stops the run at once."""
+class StopBetweenSteps(L.Callback):
+    """While the Trainer trains, a stop signal waits until the step it came in is done, logged and counted: the run
+    stops at the start of the next (Lightning's own SIGTERM handling stops there too, at the end of the last); before
+    and after training it stops the run at once. First among the callbacks, so that nothing of the next step starts
+    (a recorded step's hooks)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _state.deferring = True
         self._stop_if_asked()
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
         self._stop_if_asked()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -27,7 +27,9 @@ from deepinit.theory import Trainability
 
 STATUSES = ("running", "ok", "diverged", "interrupted", "failed")
 FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
-RESUMABLE = ("interrupted",)  # a run whose process died while `running` reads as interrupted (Summary.read)
+# what a rerun goes on from: interrupted (a process that died while `running` reads so, Summary.read), and running
+# where this process cannot see the one that wrote it (another host) but holds the job's lock or was told to resume
+UNFINISHED = ("interrupted", "running")
 
 
 @dataclass

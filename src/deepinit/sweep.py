@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from filelock import BaseFileLock, FileLock, Timeout
 
-from deepinit.summary import FINISHED, Summary
+from deepinit.summary import FINISHED, UNFINISHED, Summary
 
 if TYPE_CHECKING:
     from deepinit.settings.records import Settings
@@ -44,7 +44,7 @@ def resume_point(job_dir: Path, settings: Settings) -> Path | None:
     from deepinit.checkpoints import newest_usable
 
     summary = Summary.read(job_dir)
-    unfinished = summary is not None and summary.status in ("interrupted", "running")
+    unfinished = summary is not None and summary.status in UNFINISHED
     return newest_usable(job_dir) if unfinished and settings.same_results(summary.settings) else None
 
 

@@ -43,6 +43,8 @@ warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 # every fit and warns when there is none; resuming is asked for explicitly (resume=), so those warnings say nothing.
 warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+# A resumed run's checkpoints folder holds the checkpoints it goes on from (deepinit.checkpoints): by design.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
@@ -171,7 +173,7 @@ def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
             every = settings.checkpoint
             periodic = checkpoints.periodic(run_dir, every.every_minutes, every.every_n_steps)
             saving = [ModelCheckpoint(), checkpoints.InterruptCheckpoint(run_dir), *([periodic] if periodic else [])]
-        callbacks = [*([recording] if recording is not None else []), *speed, *saving, stopping.StopAtStepEnd()]
+        callbacks = [stopping.StopBetweenSteps(), *([recording] if recording is not None else []), *speed, *saving]
         trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
                                         plugins=[checkpoints.AtomicCheckpointIO()])  # fmt: skip
         record.trainer = trainer

@@ -53,7 +53,7 @@ def _train_group(
                 members.append(Member(k, own, record, module.model, init_used, tracker))
             trainer = first.trainer.make(
                 logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
-                callbacks=[*callbacks, stopping.StopAtStepEnd()], default_root_dir=str(Path(run_dirs[0]).parent),
+                callbacks=[stopping.StopBetweenSteps(), *callbacks], default_root_dir=str(Path(run_dirs[0]).parent),
             )  # fmt: skip
             for member in members:
                 member.record.trainer = trainer
