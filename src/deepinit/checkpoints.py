@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import zipfile
 from datetime import timedelta
@@ -27,12 +26,13 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from deepinit.summary import PART, write_whole
+
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
 INTERRUPTED = "interrupted.ckpt"
 PERIODIC = "periodic-{step}"  # ModelCheckpoint's filename pattern: periodic-step=120.ckpt
-TEMPORARY = ".part"  # a checkpoint being written (deepinit.summary.write_whole's suffix too)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,15 +47,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        part = path.with_name(path.name + TEMPORARY)
-        try:
-            with open(part, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())  # on disk before the name points at it: a crash then leaves old or new
-            part.replace(path)
-        finally:
-            part.unlink(missing_ok=True)
+        write_whole(path, buffer.getbuffer(), sync=True)
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
@@ -114,5 +106,5 @@ def step_of(path: Path, summary_steps: int | None) -> int | None:
 def remove_stale(run_dir: Path) -> None:
     """Remove what a run that ended well no longer needs: periodic checkpoints and half-written files."""
     folder = Path(run_dir) / FOLDER
-    for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{TEMPORARY}")]:
+    for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{PART}")]:
         path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ deepinit.layer_stats.LayerStats feeds it from a Lightning Trainer; deepinit.batc
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from deepinit import stats
 from deepinit.figures import depth_profile_figure, heatmap_figure
 from deepinit.model import MLP
 from deepinit.settings.records import StatsSettings
+from deepinit.summary import write_whole
 from deepinit.theory.overlay import jacobian_measured, step0_overlay
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -300,7 +302,6 @@ def _keep_rows_through(path: Path, last_step: int) -> None:
         rows = list(csv.reader(f))
     kept = [rows[0], *(row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= last_step)]
     if len(kept) < len(rows):
-        part = path.with_name(path.name + ".part")
-        with open(part, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        part.replace(path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        write_whole(path, text.getvalue().encode())

@@ -164,15 +164,17 @@ class Summary:
     def may_be_running(self) -> bool:
         """Whether the process that wrote `running` may still be at it: alive on this host, or on another host
         (which this one cannot see: a sweep's job lock tells there, deepinit.sweep)."""
-        if self.host != socket.gethostname() or self.pid is None:
-            return self.host != socket.gethostname()
+        if self.host != socket.gethostname():
+            return True
+        if self.pid is None or self.pid == os.getpid():  # this process's own record: an earlier job's, never ended
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:  # alive, someone else's
             return True
-        return self.pid != os.getpid()  # this process writes its own runs: an earlier job's record, never finished
+        return True
 
     def end_line(self, runs_root: Path) -> str:
         """The run's last console line: status, accuracy, time, where its logs are and how to view them."""
@@ -220,11 +222,19 @@ def _value(hint: Any, value: Any) -> Any:
     return value
 
 
-def write_whole(path: Path, data: bytes | memoryview) -> None:
-    """Write path whole or not at all: a full disk leaves no truncated file to be read as a result."""
-    part = path.with_name(path.name + ".part")
+PART = ".part"  # the suffix of a file being written by write_whole
+
+
+def write_whole(path: Path, data: bytes | memoryview, sync: bool = False) -> None:
+    """Write path whole or not at all, through a temporary file beside it: a full disk or a kill leaves no truncated
+    file to be read as a result. sync: on disk before the name points at it (a crash then leaves old or new)."""
+    part = path.with_name(path.name + PART)
     try:
-        part.write_bytes(data)
+        with open(part, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         part.replace(path)
     finally:
         part.unlink(missing_ok=True)
