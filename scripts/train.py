@@ -12,15 +12,26 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from deepinit import stopping
-from deepinit.lifecycle import USER_ERRORS, RunInterrupted, RunRecord, exit_line, report_failure, report_interrupted
+from deepinit.lifecycle import (
+    USER_ERRORS,
+    RunInterrupted,
+    RunRecord,
+    check_resume,
+    exit_line,
+    report_failure,
+    report_interrupted,
+)
 from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
+from deepinit.settings.records import Settings
 from deepinit.settings.rules import ConfigError
+from deepinit.summary import Summary
 from deepinit.sweep import claim, clear_attempt, resume_point, skip_or_clear, sweep_name
 from deepinit.train import run
 
@@ -47,6 +58,11 @@ def main(cfg: DictConfig) -> None:
         try:
             settings = from_config(cfg)
         except ConfigError as e:  # refused settings: the run's summary says so, as any failure's does
+            if multirun and first and Summary.read(run_dir) is not None:
+                # an earlier attempt's record (a rerun with a bad value of a key that does not name the folder):
+                # a refusal keeps it as it was
+                log.error(f"job {num} refused: {e}; its earlier attempt is left as it was")
+                return
             if multirun and first:
                 clear_attempt(run_dir)
             RunRecord.failed(run_dir, e)
@@ -103,7 +119,16 @@ def resume_command(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume={folder}: not a run folder (no .hydra/overrides.yaml in it)")
     own = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra.run.dir=", "sweep_name="))]
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    check_resume(folder, composed([*own, *rest]))  # before Hydra writes anything into the folder
     return [argv[0], *own, *rest, f"hydra.run.dir={folder}", f"resume={folder}"]
+
+
+def composed(overrides: list[str]) -> Settings:
+    """The Settings these command-line overrides compose to, composed here without running anything (Hydra's
+    compose API), for checks that must come before Hydra writes into a run folder; Hydra's own keys left out."""
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.") and not o.startswith("-")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return from_config(compose(config_name="train", overrides=task))
 
 
 if __name__ == "__main__":

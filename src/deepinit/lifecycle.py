@@ -113,6 +113,31 @@ def remove_truncated_checkpoints(run_dir: Path) -> None:
             checkpoint.unlink()
 
 
+def check_resume(run_dir: Path, settings: Settings, locked: bool = False) -> Summary:
+    """The summary of the stopped attempt in run_dir that `settings` may go on from; else ConfigError, one line
+    naming why (still running, nothing to resume, other settings: which keys). It only reads: a refused resume
+    leaves the run's files as they were. locked: the caller holds the job's lock (deepinit.sweep.claim), so an
+    attempt that still says `running` died."""
+    earlier = Summary.read(run_dir)  # a run whose process died reads interrupted
+    if earlier is None:
+        raise ConfigError(f"resume={run_dir}: nothing to resume (no readable summary.json in it)")
+    if earlier.status == "running" and earlier.host == socket.gethostname() and not locked:
+        raise ConfigError(f"resume={run_dir}: it is still running (pid {earlier.pid}); stop it first")
+    if earlier.status not in UNFINISHED:
+        done = f"it {'failed' if earlier.status == 'failed' else 'finished'} ({earlier.status})"
+        raise ConfigError(f"resume={run_dir}: nothing to resume: {done}; only an interrupted run resumes. To train it "
+                          "again or longer, start a new run with its settings")  # fmt: skip
+    changed = settings.differing(earlier.settings, also=Settings.RESUMABLE)
+    if changed:
+        keys = ", ".join(f"{k} ({before} -> {now})" for k, (before, now) in list(changed.items())[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError(
+            f"resume={run_dir}: these settings differ from the run's own: {keys}{more}; a resumed run may change only "
+            f"{', '.join(Settings.RESUMABLE)} (and where it writes, how many threads): drop the others"
+        )
+    return earlier
+
+
 class RunRecord:
     """One run's summary.json, from start to end (see the module docstring). `trainer`, once set, says where
     Ctrl-C stopped the run (its global_step and current_epoch) and whether Lightning's graceful shutdown ran."""
@@ -151,21 +176,9 @@ class RunRecord:
         self.logger = RunLogger(self.run_dir, purge_step=resumed_at)
         return self.logger
 
-    def resume(self, settings: Settings, locked: bool = False) -> Path | None:
-        """The newest usable checkpoint to go on from in run_dir, with the stopped attempt's history carried into the
-        summary; None (run_dir cleared) when the attempt left none. ConfigError when it ran with other settings, or
-        still runs. locked: the caller holds the job's lock (deepinit.sweep.claim), so a `running` attempt died."""
-        earlier = Summary.read(self.run_dir)  # a run whose process died reads interrupted
-        mine = earlier is not None and earlier.host == socket.gethostname()
-        if earlier is not None and earlier.status == "running" and mine and not locked:
-            raise ConfigError(f"resume={self.run_dir}: it is still running (pid {earlier.pid}); stop it first")
-        if earlier is None or earlier.status not in UNFINISHED:
-            status = "no summary.json" if earlier is None else f"its status is {earlier.status}"
-            raise ConfigError(f"resume={self.run_dir}: nothing to resume ({status}); only an interrupted run resumes")
-        if not settings.same_results(earlier.settings):
-            raise ConfigError(
-                f"resume={self.run_dir}: the config composed now differs from the run's own; edit it back first"
-            )
+    def resume(self, earlier: Summary) -> Path | None:
+        """The newest usable checkpoint to go on from in run_dir, with the stopped attempt's history (`earlier`, as
+        check_resume returned it) carried into the summary; None (run_dir cleared) when the attempt left none."""
         checkpoint = checkpoints.newest_usable(self.run_dir)
         if checkpoint is None:  # stopped before its first checkpoint: nothing to go on from
             log.info(f"resuming {self.run_dir}: no checkpoint was left, so the run starts over there")

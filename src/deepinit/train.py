@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from deepinit import checkpoints, stopping, theory
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
-from deepinit.lifecycle import RunRecord
+from deepinit.lifecycle import RunRecord, check_resume
 from deepinit.model import MLP
 from deepinit.module import Classifier
 from deepinit.private_api import reruns_the_script, spawns_processes
@@ -151,14 +151,16 @@ def apply_process_settings(run: RunSettings) -> None:
 def run(settings: Settings, run_dir: Path, resume: bool = False) -> Summary:
     """Train and test one configuration; write and return run_dir/summary.json. resume: go on from the checkpoint
     an interrupted attempt left in run_dir (with no checkpoint, start it over there)."""
+    # Checked before anything is written: a refused resume leaves the run as it was. A sweep's job holds its lock
+    # (scripts/train.py): an attempt still marked running there died.
+    earlier = check_resume(Path(run_dir), settings, locked=settings.multirun) if resume else None
     with job_scope():
-        return _run(settings, Path(run_dir), resume)
+        return _run(settings, Path(run_dir), earlier)
 
 
-def _run(settings: Settings, run_dir: Path, resume: bool) -> Summary:
+def _run(settings: Settings, run_dir: Path, earlier: Summary | None) -> Summary:
     with RunRecord(run_dir) as record:
-        # a sweep's job holds its lock (scripts/train.py): an attempt still marked running there died
-        checkpoint = record.resume(settings, locked=settings.multirun) if resume else None
+        checkpoint = record.resume(earlier) if earlier is not None else None
         record.configure(settings)
         apply_process_settings(settings.run)
         datamodule, module, init_used = build(settings)

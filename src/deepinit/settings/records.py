@@ -293,6 +293,9 @@ class Settings:
     # and the layer statistics; everything else must be equal (same shapes, same loop).
     PER_MEMBER = ("init", "stats", *_flagged("per_member"))
     UNNAMED = tuple(dict.fromkeys((*NEUTRAL, *UNNAMED_EXTRA)))
+    # What a resumed run may change besides NEUTRAL: how long it trains. Nothing else in the loop reads them (no
+    # schedule), so going on further ends as a run given the longer budget from the start would.
+    RESUMABLE = ("trainer.max_steps", "trainer.max_epochs")
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], multirun: bool = False, swept: dict[str, Any] | None = None) -> Settings:
@@ -368,6 +371,24 @@ class Settings:
         results."""
         return self.results_part(earlier_config or {}) == self.result_settings()
 
+    def differing(self, earlier_config: dict[str, Any] | None, also: tuple[str, ...] = ()) -> dict[str, tuple]:
+        """The settings that decide results and differ from an earlier run's (`earlier_config`, its summary's
+        settings), leaving out the dotted keys `also` names: key -> (earlier value, this run's), missing ones None."""
+        before, now = (_flat(self.results_part(c, also=also)) for c in (earlier_config or {}, self.config))
+        keys = sorted(before.keys() | now.keys())
+        return {k: (before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)}
+
     def group_key(self) -> str:
         """Runs with equal keys can be trained as one stacked model (deepinit.batched)."""
         return json.dumps(self.results_part(self.config, also=self.PER_MEMBER), sort_keys=True)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (`trainer.max_steps`), the form a user overrides them in."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
