@@ -4,12 +4,14 @@ and the correlation map measured at step 0 against the theory's c_l. Through the
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 
 from conftest import read_csv, read_events, train_cli
 from deepinit import theory
+from deepinit.report import summarize
 
 RUN = ["init=gaussian", "init.sigma_b2=0.05", "activation=tanh", "depth=50", "trainer.max_steps=1",
        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_checkpointing=false"]  # fmt: skip
@@ -79,5 +81,21 @@ def test_the_phase_diagram_experiment_reports_accuracy_against_6_xi_c(tmp_path, 
     assert (sweep / "report_phase.png").stat().st_size > 20_000
     report = (sweep / "report.md").read_text()
     assert "## Trainability: measured against 6 xi_c" in report and "measured and predicted agree in" in report
+    # every cell judged and listed, agreeing or not, each with its verdicts
+    assert "judged 4 of the sweep's 4;" in report and "- runs judged: 4 of 4\n" in report
+    listed = [line.split(" | ")[:3] for line in report.splitlines() if line.startswith("| 60 | ")]
+    assert sorted(listed) == [["| 60", "1", "3"], ["| 60", "1", "40"], ["| 60", "2.25", "3"], ["| 60", "2.25", "40"]]
+    # the experiment validates at each epoch's end (430 steps of 128 images), after these runs' 60 steps
+    assert ("\n\nbest_val_acc: empty, no validation ran in its 60 steps (Lightning validates at "
+            "trainer.val_check_interval: by default at each epoch's end)\n") in report  # fmt: skip
     figures = read_events(sweep / "report").Tags()["images"]
     assert "report/phase" in figures
+    # a job that never wrote its summary (killed before its end) is a cell the report names and could not judge
+    killed = sweep / "4_depth=80,init.sigma_w2=1.0"
+    shutil.copytree(next(sweep.glob("0_*")) / ".hydra", killed / ".hydra")
+    config = killed / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("depth: 3\n", "depth: 80\n", 1))
+    summarize(sweep)
+    report = (sweep / "report.md").read_text()
+    assert "judged 4 of the sweep's 5;" in report and "- runs judged: 4 of 5; not judged: 1 missing\n" in report
+    assert "| 60 | 1 | 80 |  | 0 of 1 |  |  |  |  | not judged: 1 missing |" in report

@@ -36,6 +36,7 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 **{k: job[k] for k in ("architecture", "init", "activation", "depth", "seed")},
                 "status": summary.status,
                 "test_acc": summary.metrics.test_acc if ok else None,
+                "_summary": summary,  # the report says from it why a column of architecture.csv is empty
             }
         )
     return sorted(out, key=lambda r: (r["depth"], r["architecture"], r["init"], r["seed"] or 0))
@@ -66,9 +67,10 @@ def _order(rows: list[dict[str, Any]], key: str) -> list[str]:
     return list(dict.fromkeys(r[key] for r in sorted(rows, key=lambda r: r["architecture"] != "plain")))
 
 
-def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
+def agreement_lines(rows: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None) -> list[str]:
     """report.md's answer: per architecture and depth, the best and worst init, how far apart they ended and which
-    inits ended near the best (an architecture can make all inits but one irrelevant)."""
+    inits ended near the best (an architecture can make all inits but one irrelevant). jobs (the sweep's every
+    run) are not needed here: every finished run has its cell."""
     table = cells(rows)
     lines = [
         f"Cells (depth x architecture x init, mean over seeds; a diverged run counts as {CHANCE:g}): {len(table)}. "

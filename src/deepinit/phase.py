@@ -7,10 +7,13 @@ for a sweep whose runs vary sigma_w^2 and depth. docs/trainability.md shows one.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from deepinit import theory
 from deepinit.figures import plt
@@ -22,16 +25,29 @@ COLUMNS = ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_
            "trainable", "predicted"]  # fmt: skip
 
 
+def why_not_judged(job: dict[str, Any]) -> str | None:
+    """Why a run of the sweep (a row of deepinit.report.collect) has no place in the diagram, None where it has:
+    it did not finish (failed, interrupted, missing, running), it has no theory verdict, or it is not a plain MLP."""
+    summary: Summary | None = job.get("_summary")
+    if summary is None:
+        return job.get("status") or "missing"
+    if summary.status not in FINISHED:
+        return summary.status
+    if summary.theory is None:
+        return "no theory verdict"
+    if summary.theory.architecture != "plain":  # the depth scales and the Jacobian's theory are plain MLPs'
+        return f"not plain ({summary.theory.architecture})"
+    return None
+
+
 def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per finished run with a theory block: its cell (sigma_w^2, sigma_b^2, depth, budget) and results.
     A diverged run did not train; its accuracy is chance's empty value."""
     out = []
     for job in jobs:
-        summary: Summary | None = job.get("_summary")
-        if summary is None or summary.status not in FINISHED or summary.theory is None:
+        if why_not_judged(job) is not None:
             continue
-        if summary.theory.architecture != "plain":  # the depth scales and the Jacobian's theory are plain MLPs'
-            continue
+        summary: Summary = job["_summary"]
         t, metrics, ok = summary.theory, summary.metrics, summary.status == "ok"
         test_acc = metrics.test_acc if ok and metrics else None
         out.append(
@@ -48,6 +64,8 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "trainable": test_acc is not None and test_acc >= TRAINED,
                 "predicted": t.within,  # depth < 6 xi_c, as the run's verdict said
                 "activation": t.activation,
+                "status": summary.status,
+                "_summary": summary,  # the report says from it why a column of phase.csv is empty
             }
         )
     return sorted(out, key=lambda r: (r["steps"], r["sigma_w2"], r["depth"], r["seed"] or 0))
@@ -64,7 +82,8 @@ def applies(rows: list[dict[str, Any]]) -> bool:
 
 def cells(rows: list[dict[str, Any]]) -> dict[tuple[int, float, int], dict[str, Any]]:
     """(steps, sigma_w^2, depth) -> mean test accuracy over seeds (a diverged run counts as 0.1, chance), whether
-    the cell trained (its mean at least TRAINED) and whether the theory says it should."""
+    the cell trained (its mean at least TRAINED) and whether the theory says it should; its runs, and how many of
+    them diverged."""
     grouped: dict[tuple[int, float, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         grouped[(r["steps"], r["sigma_w2"], r["depth"])].append(r)
@@ -73,37 +92,93 @@ def cells(rows: list[dict[str, Any]]) -> dict[tuple[int, float, int], dict[str, 
         acc = float(np.mean([0.1 if m["test_acc"] is None else m["test_acc"] for m in members]))
         first = members[0]
         out[key] = {"acc": acc, "trained": acc >= TRAINED, "predicted": first["predicted"],
-                    "depth_over_xi_c": first["depth_over_xi_c"]}  # fmt: skip
+                    "depth_over_xi_c": first["depth_over_xi_c"], "runs": len(members),
+                    "diverged": sum(m.get("status") == "diverged" for m in members)}  # fmt: skip
     return out
 
 
-def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """report.md's section: how often measured and predicted agree, overall and away from the boundary, and each
-    cell where they do not with its likely reason."""
+def agreement_lines(rows: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None) -> list[str]:
+    """report.md's section: how many of the sweep's cells it could judge (jobs: the sweep's every run, the report's
+    rows; without them, the judged runs are the sweep) and why the others not, how often measured and predicted
+    agree, overall and away from the boundary, and every cell with its verdicts and, where they disagree, the
+    likely reason."""
     table = cells(rows)
+    skipped = [(_cell_of(job), job.get("job", "?"), why) for job in jobs or [] if (why := why_not_judged(job))]
+    unjudged: dict[tuple[int, float, int], list[str]] = defaultdict(list)
+    for key, _, why in skipped:
+        if key is not None:
+            unjudged[key].append(why)
+    nowhere = [f"{name} ({why})" for key, name, why in skipped if key is None]
     agree = [c["trained"] == c["predicted"] for c in table.values()]
     shallow = [c["trained"] for c in table.values() if c["depth_over_xi_c"] <= 3]
     deep = [not c["trained"] for c in table.values() if c["depth_over_xi_c"] >= 12]
+    diverged = sum(c["diverged"] for c in table.values())
+    runs = f"- runs judged: {len(rows)} of {len(rows) + len(skipped)}"
+    if diverged:
+        runs += f", {diverged} of them diverged (counted as not trained, at chance, 0.1)"
+    if skipped:
+        runs += f"; not judged: {_counted(why for _, _, why in skipped)}"
+    if nowhere:  # neither the summary nor the job's own config names its sigma_w^2, depth and budget
+        runs += f"; of these, in no cell: {', '.join(nowhere)}"
     lines = [
-        f"Cells (sigma_w^2 x depth x budget, mean over seeds): {len(table)}; trained means test accuracy >= "
-        f"{TRAINED:g}; predicted means depth < 6 xi_c.",
+        f"Cells (sigma_w^2 x depth x budget, mean over seeds): judged {len(table)} of the sweep's "
+        f"{len(set(table) | set(unjudged))}; trained means test accuracy >= {TRAINED:g}; predicted means depth "
+        "< 6 xi_c.",
         "",
+        runs,
         f"- measured and predicted agree in {sum(agree)} of {len(agree)} cells ({_pct(agree)})",
         f"- depth <= 3 xi_c that trained: {sum(shallow)} of {len(shallow)} ({_pct(shallow)})",
         f"- depth >= 12 xi_c that did not train: {sum(deep)} of {len(deep)} ({_pct(deep)})",
+        "",
+        "| steps | sigma_w^2 | depth | depth / xi_c | runs | test acc | measured | predicted | agree | why, likely |",
+        "|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
-    disagree = sorted((k, c) for k, c in table.items() if c["trained"] != c["predicted"])
-    if disagree:
-        lines += ["", "| steps | sigma_w^2 | depth | depth / xi_c | test acc | measured | predicted | why, likely |",
-                  "|" + "---|" * 8]  # fmt: skip
-        for key, c in disagree:
-            steps, sw2, depth = key
-            lines.append(
-                f"| {steps} | {sw2:g} | {depth} | {c['depth_over_xi_c']:.3g} | {c['acc']:.3f} | "
-                f"{'trained' if c['trained'] else 'not'} | {'trains' if c['predicted'] else 'not'} | "
-                f"{_why(key, c, table)} |"
-            )
+    for key in sorted(set(table) | set(unjudged)):
+        steps, sw2, depth = key
+        missed = unjudged.get(key, [])
+        c = table.get(key)
+        if c is None:
+            lines.append(f"| {steps} | {sw2:g} | {depth} |  | 0 of {len(missed)} |  |  |  |  | "
+                         f"not judged: {_counted(missed)} |")  # fmt: skip
+            continue
+        why = "" if c["trained"] == c["predicted"] else _why(key, c, table)
+        if missed:
+            why += ("; " if why else "") + f"not judged: {_counted(missed)}"
+        acc = f"{c['acc']:.3f}" + (f" ({c['diverged']} diverged)" if c["diverged"] else "")
+        n = f"{c['runs']} of {c['runs'] + len(missed)}" if missed else str(c["runs"])
+        lines.append(
+            f"| {steps} | {sw2:g} | {depth} | {c['depth_over_xi_c']:.3g} | {n} | "
+            f"{acc} | {'trained' if c['trained'] else 'not'} | {'trains' if c['predicted'] else 'not'} | "
+            f"{'yes' if c['trained'] == c['predicted'] else 'no'} | {why} |"
+        )
     return lines
+
+
+def _counted(reasons: Iterable[str]) -> str:
+    """'2 failed, 1 missing': how many runs for each reason, most first."""
+    return ", ".join(f"{n} {why}" for why, n in Counter(reasons).most_common())
+
+
+def _cell_of(job: dict[str, Any]) -> tuple[int, float, int] | None:
+    """A run's cell (budget, sigma_w^2, depth) from its settings, for a run the diagram could not judge: its
+    summary.json's, else the job's own .hydra/config.yaml (a missing run wrote no summary). None where they do not
+    name all three: a scheme other than gaussian has its sigma_w^2 only in the theory verdict a judged run has."""
+    summary: Summary | None = job.get("_summary")
+    settings = summary.settings if summary is not None and summary.settings else _job_config(job.get("_dir"))
+    init, trainer = settings.get("init") or {}, settings.get("trainer") or {}
+    sw2, depth, steps = init.get("sigma_w2"), settings.get("depth"), trainer.get("max_steps")
+    if init.get("name") != "gaussian" or not isinstance(sw2, int | float) or not isinstance(depth, int):
+        return None
+    if not isinstance(steps, int) or steps <= 0:
+        return None  # a budget of epochs: its steps are known only from a run that ran them
+    return steps, round(float(sw2), 6), depth
+
+
+def _job_config(job_dir: Path | None) -> dict[str, Any]:
+    try:
+        return yaml.safe_load((Path(job_dir) / ".hydra" / "config.yaml").read_text()) or {}
+    except (TypeError, OSError, yaml.YAMLError):
+        return {}
 
 
 def _why(key: tuple[int, float, int], cell: dict[str, Any], table: dict) -> str:

@@ -4,7 +4,8 @@
 `report.md` and `report_*.png`, and each SECTIONS module's that applies to the sweep (deepinit.phase's `phase.csv`
 for a sweep over sigma_w^2 and depth, deepinit.speed_report's `speed.csv` for runs that measured their learning
 speed at several depths, deepinit.architecture_report's `architecture.csv` for a sweep over architectures and
-inits), and logs the figures to TensorBoard under `<sweep>/report`.
+inits), and logs the figures to TensorBoard under `<sweep>/report`. Beneath a table, a column that no run measured
+(best_val_acc where no validation ran, ...) says why, from the runs' own summaries and settings.
 The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
 scripts/summarize.py calls it by hand.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,14 @@ import numpy as np
 
 from deepinit import architecture_report, phase, speed_report
 from deepinit.figures import plt
-from deepinit.summary import Summary
+from deepinit.summary import FINISHED, Summary
 from deepinit.sweep import running_elsewhere
 
 log = logging.getLogger(__name__)
 
 # The report's sections beyond the table: modules with STEM (<stem>.csv, report_<stem>.png), TITLE, COLUMNS,
-# rows_of(jobs), applies(rows), figure(rows) and agreement_lines(rows) (report.md's text).
+# rows_of(jobs), applies(rows), figure(rows) and agreement_lines(rows, jobs) (report.md's text; jobs: every run of
+# the sweep, for a section that says which it could not use).
 SECTIONS = (phase, speed_report, architecture_report)
 COLUMNS = [
     "job", "status", "init", "activation", "architecture", "depth", "width", "optimizer", "lr", "seed", "test_acc",
@@ -42,11 +45,11 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job in sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra")):
         if running_elsewhere(job):  # its summary.json, if any, is an earlier attempt's
-            rows.append({"job": job.name, "status": "running", "reason": "running in another process"})
+            rows.append({"job": job.name, "status": "running", "reason": "running in another process", "_dir": job})
             continue
         summary = Summary.read(job)
         if summary is None:
-            rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)"})
+            rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)", "_dir": job})
             continue
         config, metrics, divergence = summary.config or {}, summary.metrics, summary.divergence
         rows.append(
@@ -230,6 +233,108 @@ def aggregate_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# Columns whose emptiness is itself the result (no run diverged, every run ended ok): no line says why
+RESULTS = ("reason", "divergence_step", "divergence_layer")
+UNSAID = "the runs' summaries do not say why"
+
+
+def empty_column_lines(rows: list[dict[str, Any]], columns: list[str], where: str = "") -> list[str]:
+    """One line per column that is empty in every row (a value no run measured), saying why from each run's own
+    summary.json and settings (a row's `_summary`); columns with the same reason share a line, and where the runs'
+    reasons differ the line counts each. `where` names the table (a section's CSV) at the line's start."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for column in columns:
+        if not rows or column in RESULTS or any(r.get(column) not in (None, "") for r in rows):
+            continue
+        reasons = Counter(why_empty(column, r) for r in rows)
+        text = "; ".join(f"{n} run{'s' * (n > 1)}: {why}" for why, n in reasons.most_common())
+        if len(reasons) == 1:
+            text = next(iter(reasons))
+        by_reason[text].append(column)
+    return [f"{where}{', '.join(names)}: empty, {text}" for text, names in by_reason.items()]
+
+
+def why_empty(column: str, row: dict[str, Any]) -> str:
+    """Why this run has no value in `column`, from its summary (a run that did not finish has none at all)."""
+    summary: Summary | None = row.get("_summary")
+    if summary is None:
+        return row.get("reason") or row.get("status") or UNSAID
+    if summary.status not in FINISHED:
+        return f"not finished ({summary.status})"
+    explain = WHY_EMPTY.get(column)
+    return (explain(summary, row) if explain else None) or UNSAID
+
+
+def _no_validation(summary: Summary, row: dict[str, Any]) -> str | None:
+    data, trainer = (summary.settings or {}).get("data") or {}, (summary.settings or {}).get("trainer") or {}
+    if data.get("val_size") == 0:
+        return "no validation split (data.val_size=0)"
+    if trainer.get("limit_val_batches") == 0:
+        return "no validation ran (trainer.limit_val_batches=0)"
+    if summary.status == "diverged":
+        return "no validation ran before the run diverged"
+    # Lightning validates at trainer.val_check_interval (by default each epoch's end, 430 steps on MNIST)
+    return (f"no validation ran in its {summary.steps} steps (Lightning validates at trainer.val_check_interval: by "
+            "default at each epoch's end)")
+
+
+def _not_tested(summary: Summary, row: dict[str, Any]) -> str | None:
+    if summary.status == "diverged":
+        return "a diverged run is not tested"
+    if ((summary.settings or {}).get("trainer") or {}).get("limit_test_batches") == 0:
+        return "no test ran (trainer.limit_test_batches=0)"
+    return None
+
+
+def _train_not_logged(summary: Summary, row: dict[str, Any]) -> str | None:
+    if summary.status == "diverged":
+        return "a diverged run counts as not trained"
+    every = ((summary.settings or {}).get("trainer") or {}).get("log_every_n_steps", 50)  # Lightning's default
+    # a lone run keeps its last step's values too (deepinit.module.logs_now); a batched member only what Lightning's
+    # logger wrote
+    batched = (summary.training_step or "").startswith("batched")
+    if batched and summary.steps is not None and summary.steps < every:
+        return (f"no training step was logged: a batched group's members keep what Lightning's logger wrote, every "
+                f"trainer.log_every_n_steps={every} steps, and they took {summary.steps}")  # fmt: skip
+    return None
+
+
+def _never_reached(summary: Summary, row: dict[str, Any]) -> str | None:
+    if summary.speed is None:
+        return "no learning speed measured (speed=off)"
+    if summary.speed.steps_to_target is None:
+        return f"never reached speed.target_acc={summary.speed.target_acc:g} in its {summary.steps} steps"
+    return None
+
+
+def _spread_not_measured(summary: Summary, row: dict[str, Any]) -> str | None:
+    stats, depth = (summary.settings or {}).get("stats") or {}, (summary.config or {}).get("depth")
+    if stats.get("enabled") is False:
+        return "no layer statistics (stats=off)"
+    if not stats.get("csv_file"):
+        return "no layer_stats.csv to read it from (stats.csv_file=null)"
+    limit = stats.get("isometry_max_depth")
+    if limit is not None and depth is not None and depth > limit:
+        return f"the Jacobian's spectrum is measured up to stats.isometry_max_depth={limit} (depth {depth})"
+    return None
+
+
+# column -> why a finished run has no value in it (None: its summary does not say)
+WHY_EMPTY: dict[str, Callable[[Summary, dict[str, Any]], str | None]] = {
+    "best_val_acc": _no_validation,
+    "test_acc": _not_tested,
+    "test_loss": _not_tested,
+    "train_acc": _train_not_logged,
+    "steps_to_target": _never_reached,
+    "measured_spread": _spread_not_measured,
+}
+
+
+def _below(notes: list[str]) -> list[str]:
+    """Notes under a table, a blank line apart: a text line right after a table would read as one more row."""
+    return ["", *notes] if notes else []
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
@@ -274,8 +379,9 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         if section.applies(found):
             _write_csv(sweep_dir / f"{section.STEM}.csv", section.COLUMNS, found)
             _figure(section.figure(found), section.STEM, sweep_dir, writer)
-            text += [f"## {section.TITLE}", "\n".join(section.agreement_lines(found))]
-    text += ["## Every run", "\n".join(lines)]
+            notes = empty_column_lines(found, section.COLUMNS, where=f"{section.STEM}.csv's ")
+            text += [f"## {section.TITLE}", "\n".join(section.agreement_lines(found, rows) + _below(notes))]
+    text += ["## Every run", "\n".join(lines + _below(empty_column_lines(rows, COLUMNS)))]
     (sweep_dir / "report.md").write_text("\n\n".join(text) + "\n")
     for name, make in (("accuracy", accuracy_figure), ("heatmap", heatmap_figure), ("profiles", profiles_figure)):
         _figure(make(rows), name, sweep_dir, writer)

@@ -51,6 +51,7 @@ def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "target_acc": summary.speed.target_acc,
                 "predicted_spread": t.jacobian_spread,
                 "measured_spread": job.get("_step0", {}).get(("isometry", "spread"), {}).get(0),
+                "_summary": summary,  # the report says from it why a column of speed.csv is empty
             }
         )
     return sorted(out, key=lambda r: (r["activation"], r["init"], r["depth"], r["seed"] or 0))
@@ -117,9 +118,10 @@ def _ranks(values: list[float]) -> np.ndarray:
     return ranks
 
 
-def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
+def agreement_lines(rows: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None) -> list[str]:
     """report.md's section: how well the predicted spread orders the measured speed, over all cells and within
-    each depth (where depth itself does not do the ordering), and the cells it gets wrong, with the likely why."""
+    each depth (where depth itself does not do the ordering), and the cells it gets wrong, with the likely why.
+    jobs (the sweep's every run) are not needed here: the cells are the runs that measured their speed."""
     table = cells(rows)
     keys = sorted(table, key=lambda k: (k[1], k[0]))
     predicted = [table[k]["predicted"] for k in keys]
