@@ -8,6 +8,7 @@ hands out shuffled slices.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from torch import Tensor
 from deepinit.provision import ensure_dataset
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that a loader without its state_dict interface resumes mid-epoch unreliably; this one goes on at the
+# batch it stopped at (MNISTDataModule.train_dataloader, which says so instead), and a resumed run ends as the
+# uninterrupted one (tests/test_stopping.py).
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class TensorBatches:
@@ -126,7 +132,12 @@ class MNISTDataModule(L.LightningDataModule):
             # Resumed from a checkpoint taken mid-epoch (Ctrl-C): Lightning has restored its loops' progress and
             # redoes the batch it was in, so the data goes on from the first batch not yet trained (processed:
             # the batch whose step had finished counts, as Lightning then counts it), in the same shuffle.
-            batches.resume_at(loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed)
+            epoch, batch = loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed
+            batches.resume_at(epoch, batch)
+            (log.info if self.trainer.is_global_zero else log.debug)(
+                f"resuming at step {self.trainer.global_step} (epoch {epoch}, batch {batch}): the weights, the"
+                " optimizer state and the shuffled batches are restored, so it ends as the uninterrupted run would"
+            )
         return batches
 
     def val_dataloader(self) -> TensorBatches:

@@ -28,6 +28,7 @@ from deepinit.lifecycle import RunRecord, check_resume
 from deepinit.model import MLP
 from deepinit.module import Classifier
 from deepinit.private_api import reruns_the_script, spawns_processes
+from deepinit.progress import progress_bar
 from deepinit.provision import DATASETS
 from deepinit.recorder import LayerRecorder
 from deepinit.settings.records import RunSettings, Settings
@@ -175,7 +176,8 @@ def _run(settings: Settings, run_dir: Path, earlier: Summary | None) -> Summary:
             every = settings.checkpoint
             periodic = checkpoints.periodic(run_dir, every.every_minutes, every.every_n_steps)
             saving = [ModelCheckpoint(), checkpoints.InterruptCheckpoint(run_dir), *([periodic] if periodic else [])]
-        callbacks = [stopping.StopBetweenSteps(), *([recording] if recording is not None else []), *speed, *saving]
+        callbacks = [stopping.StopBetweenSteps(), *progress_bar(settings.trainer),
+                     *([recording] if recording is not None else []), *speed, *saving]  # fmt: skip
         trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
                                         plugins=[checkpoints.AtomicCheckpointIO()])  # fmt: skip
         record.trainer = trainer

@@ -17,6 +17,7 @@ from deepinit.batched.group import GroupModule, Member, MembersLogger
 from deepinit.batched.stacked import StackedBatches, StackedMLP
 from deepinit.data import TensorBatches
 from deepinit.lifecycle import RunRecord
+from deepinit.progress import progress_bar
 from deepinit.settings.records import Settings
 from deepinit.speed import speed_tracker
 from deepinit.summary import Summary, write_whole
@@ -53,7 +54,8 @@ def _train_group(
                 members.append(Member(k, own, record, module.model, init_used, tracker))
             trainer = first.trainer.make(
                 logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
-                callbacks=[stopping.StopBetweenSteps(), *callbacks], default_root_dir=str(Path(run_dirs[0]).parent),
+                callbacks=[stopping.StopBetweenSteps(), *progress_bar(first.trainer), *callbacks],
+                default_root_dir=str(Path(run_dirs[0]).parent),
             )  # fmt: skip
             for member in members:
                 member.record.trainer = trainer
