@@ -131,15 +131,110 @@ def composed(overrides: list[str]) -> Settings:
         return from_config(compose(config_name="train", overrides=task))
 
 
+def command_line(argv: list[str]) -> list[str]:
+    """argv as Hydra takes it: its flags before the overrides (argparse takes the overrides as one run of positional
+    arguments, so `depth=3 -m init=a,b` would be refused), one command at a time (--cfg and --info show one run's
+    config: a -m beside them is dropped, a sweep on the command line refused), and --help as this study's own
+    (conf/hydra/help/deepinit.yaml). ConfigError, one line, for what Hydra's parser or Hydra would refuse."""
+    from typing import NoReturn
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from deepinit.private_api import hydra_args_parser
+
+    parser = hydra_args_parser()
+
+    def refuse(message: str) -> NoReturn:  # argparse's own answer is its usage, several lines, and exit status 2
+        raise ConfigError(f"{message}; python scripts/train.py --help says what it takes")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    args = parser.parse_intermixed_args(argv[1:])
+    overrides, flags = list(args.overrides), list(argv[1:])
+    for override in overrides:
+        flags.remove(override)
+    shown = "--cfg" if args.cfg is not None else "--info" if args.info is not None else None
+    if args.multirun and shown:
+        flags = [f for f in flags if f not in ("-m", "--multirun")]
+        args.multirun = False
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except OverrideParseException:
+            parsed = []  # Hydra says what it cannot read, in compose_error's one line
+        swept = [o.input_line for o in parsed if o.is_sweep_override()]
+        if swept:
+            raise ConfigError(f"{shown} shows one run's config, and {swept[0]} sweeps several values; give it one "
+                              f"to see that run's, or leave {shown} out to run the sweep")  # fmt: skip
+    commands = {"--run": args.run, "--multirun": args.multirun, "--cfg": args.cfg is not None,
+                "--info": args.info is not None, "--shell-completion": args.shell_completion}  # fmt: skip
+    if sum(commands.values()) > 1:
+        raise ConfigError(f"{' and '.join(c for c, given in commands.items() if given)} are two commands; give one")
+    if args.resolve and args.cfg is None and not args.help:
+        raise ConfigError("--resolve resolves what --cfg or --help prints; give it with one of them")
+    if args.help and not any(o.startswith("hydra/help=") for o in overrides):
+        OmegaConf.register_new_resolver("deepinit_choices", group_choices, replace=True)
+        overrides.append("hydra/help=deepinit")
+    return [argv[0], *flags, *overrides]
+
+
+def group_choices(group: str) -> str:
+    """A config group's choices for --help, the chosen one in brackets, wrapped below the help template's column."""
+    import textwrap
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    chosen = HydraConfig.get().runtime.choices.get(group)
+    options = sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    column = " " * 18  # where conf/hydra/help/deepinit.yaml's template starts them
+    names = ", ".join(f"[{o}]" if o == chosen else o for o in options)
+    return textwrap.fill(names, width=118, initial_indent=column, subsequent_indent=column).lstrip()
+
+
+def trainer_arguments(argv: list[str]) -> list[str]:
+    """Every lightning.Trainer argument as `trainer.<argument>=value`: one that the trainer's config file has no key
+    for as Hydra's add-or-override `++trainer.<argument>=value` (a key the file has stays as typed: the names of
+    sweep and job folders, made from the overrides, stay as they were). ConfigError, naming the Trainer's arguments,
+    for a `trainer.<name>` that is none of them (with any + prefix too: Lightning would refuse it only at the run)."""
+    import difflib
+    import inspect
+
+    import lightning
+
+    takes = [name for name in inspect.signature(lightning.Trainer.__init__).parameters if name != "self"]
+    chosen = next((a.partition("=")[2] for a in reversed(argv) if a.startswith("trainer=")), "default")
+    file = CONF_DIR / "trainer" / f"{chosen}.yaml"
+    has = set(OmegaConf.load(file)) if file.is_file() else set()
+    out = list(argv)
+    for i, arg in enumerate(argv[1:], start=1):
+        prefix = arg[: len(arg) - len(arg.lstrip("+"))]
+        key, given, _ = arg[len(prefix) :].partition("=")
+        if arg.startswith("-") or not given or not key.startswith("trainer."):
+            continue
+        name = key.split(".")[1]
+        if name.startswith("_"):  # _target_, Hydra's
+            continue
+        if name not in takes:
+            close = difflib.get_close_matches(name, takes, n=1)
+            guess = f" (did you mean trainer.{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"trainer.{name} is not a lightning.Trainer argument{guess}; it takes: {', '.join(takes)}"
+            )
+        if not prefix and name not in has:
+            out[i] = f"++{arg}"
+    return out
+
+
 if __name__ == "__main__":
     # A config that does not compose (an unknown choice, a misspelled key, a wrong type) is one line here: Hydra
     # raises it instead of printing its several lines when HYDRA_FULL_ERROR is set. A user who set it gets Hydra's own.
     hydra_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        sys.argv = command_line(sys.argv)
+        name_the_sweep(sys.argv)  # by the overrides as typed, before trainer_arguments adds its ++
+        sys.argv = trainer_arguments(sys.argv)
         sys.argv = resume_command(sys.argv)
         check_runs_dir(sys.argv[1:])
-        name_the_sweep(sys.argv)
         main()
     except ConfigError as e:
         sys.exit(f"error: {e}")

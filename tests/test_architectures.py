@@ -131,9 +131,9 @@ def test_the_new_options_train_through_the_command_line(tmp_path, mnist_root, ov
     table = read_csv(run_dir)
     assert {step for step, _, _ in table} == {0, 10}
     tags = read_events(run_dir).Tags()["scalars"]
-    assert "preactivations/sqr/layer_05" in tags and "gradients/sqr/layer_05" in tags
+    assert "preactivations/sqr/layer_0005" in tags and "gradients/sqr/layer_0005" in tags
     if "norm=batchnorm" in overrides:
-        assert "normalized/sqr/layer_05" in tags and (0, "normalized", "sqr") in table
+        assert "normalized/sqr/layer_0005" in tags and (0, "normalized", "sqr") in table
     if "init=fixup" in overrides:
         grads = profile(run_dir, "gradients", "sqr")
         assert grads[-1] > 0 and np.all(grads[:-1] == 0)  # zero branches and logits: only the last layer learns first

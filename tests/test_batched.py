@@ -7,7 +7,10 @@ import torch
 
 from conftest import compose_cfg, improved, read_csv, read_events
 from deepinit.batched import StackedMLP, train_group
+from deepinit.run_logger import tag_of
 from deepinit.train import build, run
+
+LOSS, ACC = tag_of("train/loss"), tag_of("train/acc")  # as TensorBoard shows them
 
 MEMBERS = [("kaiming", 0), ("xavier", 1), ("orthogonal", 2)]
 
@@ -44,7 +47,7 @@ def test_members_start_from_the_weights_they_get_alone(mnist_module):
 def test_members_follow_their_lone_loss_trajectories(lone_and_batched):
     root, _, lone, batched = lone_and_batched
     for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):
-        a, b = scalars(root / f"lone_{init}", "train/loss"), scalars(root / f"batched_{init}", "train/loss")
+        a, b = scalars(root / f"lone_{init}", LOSS), scalars(root / f"batched_{init}", LOSS)
         assert len(a) == len(b) == 50 and improved(a, 0)  # xavier at depth 10 learns slowly: 2.30 -> 2.28
         relative = (a - b).abs() / a
         # Batched and single matmuls sum in other orders, and which order depends on the kernels the CPU picks.
@@ -69,7 +72,7 @@ def test_members_write_what_a_lone_run_writes(lone_and_batched):
         assert lone_events.Tags()["scalars"] and set(lone_events.Tags()["scalars"]) == set(
             member_events.Tags()["scalars"]
         )
-        for tag in ("test/acc", "final/test_acc", "epoch", "train/loss"):
+        for tag in ("test/acc", "final/test_acc", "epoch", LOSS):
             assert [e.step for e in lone_events.Scalars(tag)] == [e.step for e in member_events.Scalars(tag)], tag
         assert set(alone) - {"training_step"} <= set(member) and member["training_step"] == "batched"
         written = json.loads((member_dir / "summary.json").read_text())
@@ -100,7 +103,7 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mnist_root)
     # the healthy member trains exactly as in a group of the same size without a diverged member: nothing leaks
     # across (the same size, because a batched matmul may round differently for another number of members)
     assert kaiming["status"] == "ok" and kaiming["steps"] == 30
-    assert torch.equal(scalars(tmp_path / "kaiming", "train/loss"), scalars(tmp_path / "kaiming_alone", "train/loss"))
+    assert torch.equal(scalars(tmp_path / "kaiming", LOSS), scalars(tmp_path / "kaiming_alone", LOSS))
     assert kaiming["metrics"]["test_acc"] == kaiming_alone["metrics"]["test_acc"]
 
 
@@ -139,7 +142,7 @@ def graph_group_against_eager_group(tmp_path, mnist_root, accelerator: str) -> N
     assert [s["status"] for s in graph] == [s["status"] for s in eager] == ["ok", "diverged", "ok"]
     assert graph[1]["reason"] == eager[1]["reason"] and graph[1]["divergence"]["step"] == 0
     for init in ("kaiming", "orthogonal"):
-        a, b = scalars(tmp_path / "false" / init, "train/loss"), scalars(tmp_path / "true" / init, "train/loss")
+        a, b = scalars(tmp_path / "false" / init, LOSS), scalars(tmp_path / "true" / init, LOSS)
         assert len(a) == len(b) == 60 and improved(a, 0.2)  # depth 50, SGD: 2.5 -> 2.2 in 60 steps
         relative = (a - b).abs() / a
         if accelerator == "cpu":  # the same code on the same tensors
@@ -167,5 +170,5 @@ def test_each_member_measures_its_learning_speed_as_it_would_alone(lone_and_batc
         for (_, acc_a), (_, acc_b) in zip(a["curve"], b["curve"], strict=True):
             assert acc_b == pytest.approx(acc_a, abs=0.01), init
         assert b["curve"][-1][1] > b["curve"][0][1] + 0.05  # it learned (xavier + relu slowly: 0.08 -> 0.16)
-        logged = read_events(root / f"batched_{init}").Scalars("speed/val_acc")
+        logged = read_events(root / f"batched_{init}").Scalars(tag_of("speed/val_acc"))
         assert [(e.step, pytest.approx(e.value)) for e in logged] == [tuple(p) for p in b["curve"]]

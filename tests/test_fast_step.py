@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved
+from deepinit.run_logger import tag_of
 from deepinit.train import build
+
+LOSS, ACC = tag_of("train/loss"), tag_of("train/acc")  # as TensorBoard shows them
 
 
 class LossTrajectory(L.Callback):
@@ -118,7 +121,7 @@ def test_fast_step_logs_what_the_eager_step_logs(mnist_module, tmp_path):
     for fast in (False, True):
         logger = TensorBoardLogger(tmp_path, name=str(fast), version="")
         fit(mnist_module, "optim=sgd", "depth=5", fast=fast, steps=120, log_every_n_steps=25, logger=logger, **FLOAT64)
-        events[fast] = {tag: read_events(tmp_path / str(fast)).Scalars(tag) for tag in ("train/loss", "train/acc")}
+        events[fast] = {tag: read_events(tmp_path / str(fast)).Scalars(tag) for tag in (LOSS, ACC)}
     for tag, eager in events[False].items():
         fast = events[True][tag]
         assert [e.step for e in fast] == [e.step for e in eager] == [24, 49, 74, 99]

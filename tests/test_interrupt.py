@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import REPO, read_events, signal_at, train_cli
+from deepinit.run_logger import tag_of
 
 ARGS = [
     "depth=10", "trainer.max_epochs=2", "trainer.limit_train_batches=200", "trainer.limit_val_batches=2",
@@ -49,7 +50,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_run_resumes_as_if_never_stopped(tmp_p
     assert abs(summary["metrics"]["test_acc"] - reference["metrics"]["test_acc"]) < 0.01
     assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # used, then removed
     # one continuous history: every step once, the same steps as the uninterrupted run's
-    for tag in ("train/loss", "val/acc", "activations/sqr/layer_05"):
+    for tag in (tag_of("train/loss"), tag_of("val/acc"), "activations/sqr/layer_0005"):
         assert steps_of(run, tag) == steps_of(uninterrupted, tag), tag
     rows = collections.Counter(tuple(r.values())[:4] for r in csv.DictReader(open(run / "layer_stats.csv")))
     reference_rows = collections.Counter(
@@ -97,7 +98,7 @@ def test_ctrl_c_stops_a_sweep_and_rerunning_it_resumes_the_interrupted_job(tmp_p
         assert summary["status"] == "ok" and summary["steps"] == 200, run
         # one event file per attempt (TensorBoard reads a folder's files as one run), every logged step once
         assert len(list(run.glob("events.out.tfevents.*"))) == (2 if run == job else 1), run
-        assert steps_of(run, "train/loss") == list(range(9, 200, 10)), run
+        assert steps_of(run, tag_of("train/loss")) == list(range(9, 200, 10)), run
     resumed = json.loads((job / "summary.json").read_text())["resumed"]
     assert len(resumed) == 1 and resumed[0]["at_step"] >= 40
 
@@ -125,4 +126,4 @@ def test_ctrl_c_stops_a_batched_group_and_every_member_says_where(tmp_path, mnis
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "ok" and summary["steps"] == 200 and summary["training_step"] == "batched", run
         assert len(list(run.glob("events.out.tfevents.*"))) == 1, run  # the interrupted attempt's were cleared
-        assert steps_of(run, "train/loss") == list(range(9, 200, 10)), run
+        assert steps_of(run, tag_of("train/loss")) == list(range(9, 200, 10)), run

@@ -10,6 +10,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from conftest import compose_cfg, read_csv, read_events
 from deepinit import stats
 from deepinit.activations import ACTIVATIONS
+from deepinit.recorder import OVERVIEW_CARDS, SIGNAL
 from deepinit.train import build, run
 
 QUICK = ["trainer.limit_val_batches=0", "trainer.enable_checkpointing=true", "width=64"]
@@ -41,7 +42,7 @@ def test_step0_statistics_in_event_files_equal_a_direct_computation(tmp_path, mn
     for group, tensors in (("preactivations", pre), ("activations", post)):
         for quantity, fn in (("mean", torch.mean), ("std", torch.std), ("sqr", lambda t: t.square().mean())):
             for layer, t in enumerate(tensors, start=1):
-                tag = f"{group}/{quantity}/layer_{layer:02d}"
+                tag = f"{group}/{quantity}/layer_{layer:04d}"
                 (first, *later) = events.Scalars(tag)
                 assert first.step == 0 and len(later) == 2  # step 0, then every step
                 assert first.value == pytest.approx(fn(t).item(), rel=1e-5, abs=1e-7), tag
@@ -90,6 +91,8 @@ def test_tensorboard_layout_figures_and_histograms(tmp_path, mnist_root):
     (layout_event,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
     charts = {chart.title: chart.multiline.tag for cat in layout.category for chart in cat.chart}
+    titles = [cat.title for cat in layout.category]
+    assert titles[0] == "Overview" and titles[1].startswith("Signal")  # the story first
     for group, quantities in stats.GROUPS.items():
         for quantity in quantities:
             # relu records dead units, not saturation; a plain MLP has no normalized inputs (test_architectures)
@@ -98,12 +101,18 @@ def test_tensorboard_layout_figures_and_histograms(tmp_path, mnist_root):
             assert charts[f"{group}/{quantity}"] == [rf"^{group}/{quantity}/layer_\d+$"]
     assert len([t for t in events.Tags()["scalars"] if t.startswith("activations/sqr/")]) == 11
     assert len([t for t in events.Tags()["scalars"] if t.startswith("gradients/sqr/")]) == 12
-    assert {"figures/depth_profile", "figures/heatmap"} <= set(events.Tags()["images"])
+    cards = {"Signal/depth profile, gradients", "Signal/heat map, activations", "Signal/heat map, gradients",
+             OVERVIEW_CARDS["depth profile, activations"]}  # fmt: skip
+    assert cards <= set(events.Tags()["images"])
+    (first, *_, last) = events.Images(OVERVIEW_CARDS["depth profile, activations"])  # init's, with theory; the end's
+    assert (first.step, last.step) == (0, 4) and first.width <= 520  # a TensorBoard card's size, not a thumbnail
     assert (tmp_path / "figures" / "depth_profile.png").stat().st_size > 10_000
-    (hist, *_) = events.Histograms("hist_activations/layer_12")  # step 0: the logits of the first batch
+    theory = read_events(tmp_path / "theory").Scalars(SIGNAL[("activations", "sqr")][0])  # beside the measured
+    assert [e.step for e in theory] == [0, 4] and theory[0].value == theory[1].value
+    (hist, *_) = events.Histograms("hist_activations/layer_0012")  # step 0: the logits of the first batch
     assert hist.step == 0 and hist.histogram_value.num == 128 * 10
     assert sum(hist.histogram_value.bucket) == 128 * 10
-    logits = float(events.Scalars("preactivations/mean/layer_12")[0].value)
+    logits = float(events.Scalars("preactivations/mean/layer_0012")[0].value)
     assert hist.histogram_value.min <= logits <= hist.histogram_value.max
     assert hist.histogram_value.sum / hist.histogram_value.num == pytest.approx(logits, rel=1e-4, abs=1e-6)
     assert len(events.Tags()["histograms"]) == 2 * 12  # activations and gradients, every layer

@@ -65,3 +65,8 @@ def test_foreach_ops_equal_the_per_tensor_ones():
     for x, y, n, d in zip(a, b, norms, diffs, strict=True):
         torch.testing.assert_close(n, x.norm())
         torch.testing.assert_close(d, x - y)
+
+
+def test_hydras_parser_knows_its_flags():
+    args = private_api.hydra_args_parser().parse_intermixed_args(["depth=3", "-m", "init=a,b", "--cfg", "job"])
+    assert args.multirun and args.cfg == "job" and args.overrides == ["depth=3", "init=a,b"]

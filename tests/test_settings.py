@@ -46,8 +46,10 @@ def test_a_misspelled_key_in_a_config_file_fails_when_the_config_is_composed(tmp
 def test_a_misspelled_key_in_an_override_is_one_line(tmp_path, mnist_root):
     done = train_cli("init=gaussian", "init.sigma_w=2", runs_dir=tmp_path, data_root=mnist_root)
     assert one_line(done) == "error: init.sigma_w is not a setting of init gaussian; it takes: name, sigma_w2, sigma_b2"
-    done = train_cli("trainer.max_step=3", runs_dir=tmp_path, data_root=mnist_root)  # an open group: Lightning's
-    assert one_line(done).startswith("error: trainer.max_step is not in the config; to add a key")
+    done = train_cli("trainer.max_step=3", runs_dir=tmp_path, data_root=mnist_root)  # an open group: the Trainer's
+    assert one_line(done).startswith(
+        "error: trainer.max_step is not a lightning.Trainer argument (did you mean trainer.max_steps?)"
+    )
 
 
 @pytest.mark.parametrize(

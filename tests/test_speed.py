@@ -12,6 +12,7 @@ import torch
 from conftest import compose_cfg, read_events, train_cli
 from deepinit import speed_report
 from deepinit.model import MLP
+from deepinit.run_logger import tag_of
 from deepinit.speed import accuracies
 from deepinit.train import run
 
@@ -27,7 +28,7 @@ def test_a_run_records_the_step_it_first_reached_the_target(tmp_path, mnist_root
     assert accs[0] < 0.3 < 0.8 <= accs[-1]  # chance at the initialization, trained after 60 Adam steps
     assert speed.steps_to_target == next(s for s, a in speed.curve if a >= 0.8)
     assert summary.hparams_metrics["final/steps_to_target"] == speed.steps_to_target
-    logged = read_events(tmp_path).Scalars("speed/val_acc")
+    logged = read_events(tmp_path).Scalars(tag_of("speed/val_acc"))
     assert [(e.step, pytest.approx(e.value)) for e in logged] == [tuple(p) for p in speed.curve]
 
 

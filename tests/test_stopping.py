@@ -17,6 +17,9 @@ import torch
 
 from conftest import REPO, read_events, signal_at, train_cli, wait_for_step
 from deepinit import checkpoints
+from deepinit.run_logger import tag_of
+
+LOSS, ACC = tag_of("train/loss"), tag_of("train/acc")  # as TensorBoard shows them
 
 # 1,500 steps of a small MLP (about 6 s of training here), a periodic checkpoint every 100 steps
 RUN = [
@@ -56,7 +59,7 @@ def assert_same_results(run, uninterrupted):
     for key in ("test_acc", "test_loss"):
         assert summary["metrics"][key] == pytest.approx(reference["metrics"][key], abs=TOLERANCE), key
     assert stats_steps(run) == steps  # one history, every recorded step once
-    assert [e.step for e in read_events(run).Scalars("train/loss")] == list(range(9, 1500, 10))  # in TensorBoard too
+    assert [e.step for e in read_events(run).Scalars(LOSS)] == list(range(9, 1500, 10))  # in TensorBoard too
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=3-step=1500.ckpt"]  # the rest pruned
 
 

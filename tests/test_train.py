@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved, read_events, train_cli
+from deepinit.run_logger import tag_of
 from deepinit.train import run
 
 
@@ -33,14 +34,14 @@ def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     run = only_run(tmp_path)
-    assert run.name.startswith("kaiming_relu_d10_w256_s0_")
+    assert run.name.startswith("kaiming_relu_d10_w256_e1_s0_")  # the epochs are not the default 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok"
     assert summary["config"]["depth"] == 10 and summary["steps"] == 150 and summary["training_step"] == "fast"
     assert summary["metrics"]["test_acc"] > 0.85  # 150 SGD steps on real MNIST
-    losses = scalars(run, "train/loss")
+    losses = scalars(run, tag_of("train/loss"))
     assert len(losses) == 15 and improved(losses, 0.5)  # steps 9, 19, ..., 149
-    assert scalars(run, "val/acc") and (run / ".hydra" / "config.yaml").exists()
+    assert scalars(run, tag_of("val/acc")) and (run / ".hydra" / "config.yaml").exists()
     assert list((run / "checkpoints").glob("*.ckpt"))
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("deepinit: ok | test acc") and "tensorboard --logdir" in last
@@ -71,7 +72,7 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
         ("optim.lr=-1", "optim.lr must be a number > 0 (got -1)"),
         ("activation=swish", "unknown activation 'swish'; choose one of: relu, tanh"),
         ("matmul_precision=tf32", "unknown matmul_precision 'tf32'; choose one of: highest, high, medium"),
-        ("seed=abc", "seed must be an integer (got 'abc')"),
+        ("seed=abc", "seed must be an integer from 0 to 4294967295 (got 'abc')"),
         ("stats.every_n_steps=0", "stats.every_n_steps must be an integer >= 1 (got 0)"),
         ("stats.histogram_every_n_steps=-1", "stats.histogram_every_n_steps must be an integer >= 0"),
         ("runs_dir=/proc/nope", "runs_dir=/proc/nope cannot be made (No such file or directory); choose a folder"),
@@ -112,7 +113,7 @@ def test_a_full_disk_is_one_clear_line_and_keeps_what_the_run_wrote(mnist_root, 
     assert line.endswith("trainer.enable_checkpointing=false")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"] == line.removeprefix("error: ")
-    assert read_events(run).Scalars("train/loss")  # what the run logged before the checkpoint stays
+    assert read_events(run).Scalars(tag_of("train/loss"))  # what the run logged before the checkpoint stays
     assert not list(run.rglob("*.ckpt*"))  # no truncated checkpoint
 
 
@@ -148,5 +149,5 @@ def test_a_float64_run_trains(tmp_path, mnist_root, fast, step_kind):
     run = only_run(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 100 and summary["training_step"] == step_kind
-    assert summary["metrics"]["test_acc"] > 0.85 and improved(scalars(run, "train/loss"), 0.5)
-    assert scalars(run, "activations/sqr/layer_01")  # the layer statistics ran on float64 tensors
+    assert summary["metrics"]["test_acc"] > 0.85 and improved(scalars(run, tag_of("train/loss")), 0.5)
+    assert scalars(run, "activations/sqr/layer_0001")  # the layer statistics ran on float64 tensors

@@ -81,25 +81,70 @@ def depth_profile_figure(
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (group, quantity, title) in zip(axes.flat, panels, strict=False):
-        records = dict(history[(group, quantity)])
-        chosen = _pick_steps(sorted(records), points)
-        colors = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
-        series = [_finite(records[s]) for s in chosen]
-        for step, values, color in zip(chosen, series, colors, strict=True):
-            ax.plot(np.arange(1, len(values) + 1), values, marker=".", color=color, label=f"step {step}")
-        curve, sd = THEORY_CURVES.get((group, quantity), (None, None))
-        if prediction and curve in prediction:
-            _overlay_theory(ax, prediction[curve], prediction.get(sd))
-            series.append(prediction[curve])
-        if _use_log(series):
-            ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
+        _profile_panel(ax, history, group, quantity, title, points, prediction)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"Depth profile ({activation})")
     fig.tight_layout()
     return fig
+
+
+def _profile_panel(ax, history: History, group: str, quantity: str, title: str, points: int,
+                   prediction: dict[str, np.ndarray] | None) -> None:  # fmt: skip
+    """One quantity against layer index, a line per chosen step, the theory at init over it where known."""
+    records = dict(history[(group, quantity)])
+    chosen = _pick_steps(sorted(records), points)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(chosen)))
+    series = [_finite(records[s]) for s in chosen]
+    for step, values, color in zip(chosen, series, colors, strict=True):
+        ax.plot(np.arange(1, len(values) + 1), values, marker=".", color=color, label=f"step {step}")
+    curve, sd = THEORY_CURVES.get((group, quantity), (None, None))
+    if prediction and curve in prediction:
+        _overlay_theory(ax, prediction[curve], prediction.get(sd))
+        series.append(prediction[curve])
+    if _use_log(series):
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("layer")
+    ax.grid(alpha=0.3)
+    _say_where_not_finite(ax, series[: len(chosen)])
+
+
+def _say_where_not_finite(ax, series: list[np.ndarray]) -> None:
+    """Words where a line has no value to draw: an empty panel says why (a diverged run's overflow)."""
+    gaps = [int(np.argmax(~np.isfinite(s))) + 1 for s in series if not np.isfinite(s).all()]
+    if gaps:
+        whole = all(not np.isfinite(s).any() for s in series)
+        text = "no finite values: the signal overflowed" if whole else f"not finite from layer {min(gaps)} on"
+        ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="firebrick",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "firebrick"})  # fmt: skip
+
+
+# TensorBoard's image cards are about 500 px wide: a figure of that size reads there without enlarging.
+CARD_SIZE, CARD_DPI = (5.0, 3.5), 100
+CARD_PANELS = {("activations", "sqr"): "activations: mean square per layer",
+               ("gradients", "sqr"): "gradients: mean square per layer"}  # fmt: skip
+
+
+def card_figures(history: History, points: int, prediction: dict[str, np.ndarray] | None,
+                 heat_maps: bool = True) -> dict[str, Figure]:  # fmt: skip
+    """The network-level view, a figure a TensorBoard card: the depth profiles of the activations' and the
+    gradients' mean square (a line per chosen step, the theory at init dashed with its finite-width band) and
+    (heat_maps) their layer x step heat maps. Keys: the card's name."""
+    cards = {}
+    for (group, quantity), title in CARD_PANELS.items():
+        if (group, quantity) not in history:
+            continue
+        fig, ax = plt.subplots(figsize=CARD_SIZE, dpi=CARD_DPI)
+        _profile_panel(ax, history, group, quantity, title, points, prediction)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        cards[f"depth profile, {group}"] = fig
+        if heat_maps:
+            fig, ax = plt.subplots(figsize=CARD_SIZE, dpi=CARD_DPI)
+            _heat_panel(fig, ax, history, group, quantity)
+            fig.tight_layout()
+            cards[f"heat map, {group}"] = fig
+    return cards
 
 
 def heatmap_figure(history: History) -> Figure | None:
@@ -109,22 +154,29 @@ def heatmap_figure(history: History) -> Figure | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     for ax, (group, quantity) in zip(axes.flat, panels, strict=True):
-        steps = [s for s, _ in history[(group, quantity)]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            grid = np.log10(_finite(np.stack([v for _, v in history[(group, quantity)]]))).T
-        image = ax.imshow(
-            grid,
-            aspect="auto",
-            origin="lower",
-            cmap="magma",
-            extent=(-0.5, len(steps) - 0.5, 0.5, grid.shape[0] + 0.5),
-            interpolation="nearest",
-        )
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
-        ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
-        ax.set_xlabel("step")
-        ax.set_ylabel("layer")
-        ax.set_title(f"log10 {group} mean square")
-        fig.colorbar(image, ax=ax)
+        _heat_panel(fig, ax, history, group, quantity)
     fig.tight_layout()
     return fig
+
+
+def _heat_panel(fig: Figure, ax, history: History, group: str, quantity: str) -> None:
+    steps = [s for s, _ in history[(group, quantity)]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grid = np.log10(_finite(np.stack([v for _, v in history[(group, quantity)]]))).T
+    image = ax.imshow(
+        grid,
+        aspect="auto",
+        origin="lower",
+        cmap="magma",
+        extent=(-0.5, len(steps) - 0.5, 0.5, grid.shape[0] + 0.5),
+        interpolation="nearest",
+    )
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
+    ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer")
+    ax.set_title(f"log10 {group} mean square")
+    fig.colorbar(image, ax=ax)
+    if not np.isfinite(grid).all():
+        ax.text(0.5, 0.02, "blank: not finite (overflowed)", transform=ax.transAxes, ha="center", fontsize=8,
+                color="firebrick")  # fmt: skip

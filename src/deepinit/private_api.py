@@ -72,3 +72,11 @@ def foreach_norm(tensors: list[Tensor]) -> list[Tensor]:
 def foreach_sub(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
     """a - b for lists of tensors, in one fused kernel."""
     return torch._foreach_sub(a, b)
+
+
+def hydra_args_parser() -> Any:
+    """Hydra's command-line parser (its flags -m, --cfg, --help, ...), to put the flags before the overrides and to
+    refuse a bad one in one line before Hydra runs: hydra.main parses sys.argv itself, with no public parser."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()

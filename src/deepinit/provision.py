@@ -205,6 +205,20 @@ def _from_debian_fashion(out_dir: Path) -> None:
             shutil.copyfileobj(f_in, f_out)
 
 
+def _check_writable(root: Path, dataset: str) -> None:
+    """DataError unless the data set's folder under root can be written, tried by writing there: permission bits say
+    nothing of a read-only mount, and nothing at all to root. Every source writes into it, after its download."""
+    folder = root / dataset
+    try:
+        folder.mkdir(exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise DataError(
+            f"data.root={root} cannot be written ({e.strerror}), and {dataset} is not in it; choose a folder you can"
+            f" write to (data.root=<folder>, or $DEEPINIT_DATA), or put {dataset}'s files in {raw_dir(root, dataset)}"
+        ) from None
+
+
 def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool = True) -> Path:
     """Make sure <root>/<dataset>/raw holds intact IDX files, provisioning them if absent."""
     if dataset not in RAW_SHA256:
@@ -219,6 +233,7 @@ def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool 
             f"data.root={root} cannot be made ({e.strerror}); choose a folder you can write to"
             " (data.root=<folder>, or $DEEPINIT_DATA)"
         ) from None
+    _check_writable(root, dataset)
     log.info(f"{dataset} not found under {root}; provisioning it")
     if not (try_download and _torchvision_download(root, dataset)):
         out_dir = raw_dir(root, dataset)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw
 
 from deepinit import stats
-from deepinit.figures import depth_profile_figure, heatmap_figure
+from deepinit.figures import card_figures, depth_profile_figure, heatmap_figure, plt
 from deepinit.model import MLP
 from deepinit.settings.records import StatsSettings
 from deepinit.summary import write_whole
@@ -38,6 +39,18 @@ from deepinit.theory.overlay import jacobian_measured, step0_overlay
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
+LAYER_DIGITS = 4  # layer_0007 at any depth: the same layer has the same tag in every run, depth 10 or 1,000
+# The network-level view (TensorBoard's group "Signal", which sorts before the per-layer groups, docs/tensorboard.md):
+# how much the signal grows or shrinks from the first layer to the last, measured at every recorded step; the
+# theory's value at init goes under the same tag into the sibling run <run>/theory (THEORY_RUN), so that one card
+# shows both. (group, quantity) -> (tag, last over first or, for gradients, which flow backwards, first over last).
+SIGNAL = {
+    ("activations", "sqr"): ("Signal/activations: log10 mean square, last layer over first", True),
+    ("gradients", "sqr"): ("Signal/gradients: log10 mean square, first layer over last", False),
+}
+THEORY_RUN = "theory"
+# The card that joins the run's first screen (deepinit.run_logger.TAGS): what the init does to the signal
+OVERVIEW_CARDS = {"depth profile, activations": "Overview/signal through depth (activations, theory dashed)"}
 
 
 class LayerRecorder:
@@ -79,7 +92,7 @@ class LayerRecorder:
     def open(self, model: MLP, writer: SummaryWriter | None, out_dir: Path) -> None:
         """Record `model`; TensorBoard summaries go to writer (None: none), the CSV and figures to out_dir."""
         self.model = model
-        self.pad = max(2, len(str(model.depth)))
+        self.pad = max(LAYER_DIGITS, len(str(model.depth)))
         self.writer, self.out_dir = writer, Path(out_dir)
         self._layout_written = False
         self._csv = None
@@ -195,9 +208,13 @@ class LayerRecorder:
             before_std = self._pending["weights"]["std"] if self._pending else None
             found |= stats.update_stats(self._before, weights, before_std)
         found = {g: q for g, q in found.items() if g in self.groups}
-        if self._predicting() and "preactivations" in found:
+        predicting = self._predicting() and "preactivations" in found
+        if predicting:
             found |= self._predict(found)
         self._record(step, found)
+        if predicting:  # the init's picture against its theory, on the first screen from the first step on
+            self._write_cards(step, heat_maps=False)
+            self._write_theory_signal(step)
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._histograms(step)
         self._pre = self._post = self._normed = self._grads = self._before = self._input = None  # free the batch
@@ -219,8 +236,9 @@ class LayerRecorder:
         values = torch.cat(tensors).cpu().numpy() if tensors else np.array([])  # the one host transfer
         offsets = np.cumsum([0] + [len(t) for t in tensors])
         scalars = []
+        found_values = {}
         for (group, quantity), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
-            per_layer = values[a:b]
+            per_layer = found_values[(group, quantity)] = values[a:b]
             self.history[(group, quantity)].append((step, per_layer))
             first = 0 if group in WHOLE_NETWORK else 1  # whole-network values are layer 0 in the CSV
             for layer, value in enumerate(per_layer.tolist(), start=first):
@@ -231,6 +249,7 @@ class LayerRecorder:
                     self._csv_writer.writerow([step, layer, group, quantity, value])
         if self._csv is not None:
             self._csv.flush()
+        scalars += [Summary.Value(tag=tag, simple_value=value) for tag, value in signal_view(found_values).items()]
         if self.writer is not None:
             if not self._layout_written:
                 self.writer.add_custom_scalars(self.layout(keys))
@@ -238,6 +257,17 @@ class LayerRecorder:
             # One event holding every layer's values: a thousand separate add_scalar calls would each queue
             # an event for TensorBoard's writer thread and make a logging step cost a tenth of a second.
             self.writer.file_writer.add_summary(Summary(value=scalars), step)
+
+    def _write_theory_signal(self, step: int) -> None:
+        """The theory's SIGNAL values at init into <run>/theory at `step` (the first recorded step, and the last: a
+        flat line across the run in the measured value's card)."""
+        if self.writer is None or not self.prediction:
+            return
+        view = signal_view({key: self.prediction.get(f"{key[0]}_{key[1]}") for key in SIGNAL})
+        if view:
+            with SummaryWriter(str(self.out_dir / THEORY_RUN)) as writer:
+                writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=t, simple_value=v)
+                                                              for t, v in view.items()]), step)  # fmt: skip
 
     def _tag(self, group: str, quantity: str, layer: int) -> str:
         return f"{group}/{quantity}" if group in WHOLE_NETWORK else f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
@@ -264,18 +294,30 @@ class LayerRecorder:
 
     @staticmethod
     def layout(keys: Sequence[tuple[str, str]]) -> dict[str, dict[str, list]]:
-        """TensorBoard custom-scalars layout: one chart per quantity, each with a line per layer."""
-        layout: dict[str, dict[str, list]] = defaultdict(dict)
+        """TensorBoard custom-scalars layout: the story first (the losses, the accuracies, the speed; the signal's
+        growth over depth measured beside its theory, one chart each), then one chart per quantity with a line per
+        layer."""
+        layout: dict[str, dict[str, list]] = {
+            "Overview": {
+                "loss (train, validation)": ["Multiline", [r"^Overview/loss", r"^val/loss$"]],
+                "accuracy (train, validation)": ["Multiline", [r"^Overview/accuracy", r"^train/acc$"]],
+                "speed: accuracy on the first validation images": ["Multiline", [r"^Overview/speed"]],
+            },
+            "Signal (each run's theory at init: its run /theory)": {
+                tag: ["Multiline", [rf"^{re.escape(tag)}$"]] for key, (tag, _) in SIGNAL.items() if key in keys
+            },
+        }
         for group, quantity in keys:
             layers = "" if group in WHOLE_NETWORK else r"/layer_\d+"
-            layout[group][f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}{layers}$"]]
-        return dict(layout)
+            layout.setdefault(group, {})[f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}{layers}$"]]
+        return layout
 
     def close(self, step: int) -> None:
         """End the record at `step`: the CSV closed, the depth-profile and heat-map figures written."""
         if self._csv is not None:
             self._csv.close()
             self._csv = None
+        self._write_theory_signal(step)
         if not (self.figures and self.history):
             return
         figures_dir = self.out_dir / "figures"
@@ -287,12 +329,33 @@ class LayerRecorder:
             ),
             ("heatmap", heatmap_figure(self.history)),
         ):
-            if fig is None:
-                continue
-            fig.savefig(figures_dir / f"{name}.png", dpi=110)
-            if self.writer is not None:
-                self.writer.add_figure(f"figures/{name}", fig, step)  # closes the figure
-                self.writer.flush()
+            if fig is not None:  # every panel, for reading at full size; TensorBoard gets the cards
+                fig.savefig(figures_dir / f"{name}.png", dpi=110)
+                plt.close(fig)
+        self._write_cards(step, heat_maps=True)
+
+    def _write_cards(self, step: int, heat_maps: bool) -> None:
+        """The network-level figures, one TensorBoard card each, in the group Signal (figures.card_figures)."""
+        if self.writer is None or not self.figures:
+            return
+        for name, fig in card_figures(self.history, self.profile_points, self.prediction, heat_maps).items():
+            self.writer.add_figure(OVERVIEW_CARDS.get(name, f"Signal/{name}"), fig, step)  # closes the figure
+        self.writer.flush()
+
+
+def signal_view(per_layer: dict[tuple[str, str], np.ndarray | None]) -> dict[str, float]:
+    """SIGNAL's values from per-layer mean squares (measured, or the theory's curves): log10 of the last layer's over
+    the first's, or the first's over the last's; none where not finite (a diverged run)."""
+    out = {}
+    for key, (tag, forward) in SIGNAL.items():
+        curve = per_layer.get(key)
+        if curve is None or len(curve) < 2:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = float(np.log10(curve[-1] / curve[0] if forward else curve[0] / curve[-1]))
+        if math.isfinite(ratio):
+            out[tag] = ratio
+    return out
 
 
 def _keep_rows_through(path: Path, last_step: int) -> None:

@@ -104,12 +104,18 @@ def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) 
     """Fraction of dead units (relu-like) or of saturated outputs (tanh, sigmoid); nothing for others."""
     record = ACTIVATIONS[activation]
     if record.dead:  # stacked [layers, batch, units]: dead = <= 0 over the whole batch
-        return {"dead": rowwise(pre, lambda h: (h <= 0).all(dim=1).flatten(1).float().mean(1))}
+        return {"dead": rowwise(pre, lambda h: _of_finite(h, (h <= 0).all(dim=1).flatten(1).float().mean(1)))}
     if record.saturation is not None:
         centre, half = record.saturation
-        saturated = _flat(lambda x: ((x - centre).abs() > SATURATION * half).float().mean(1))
+        saturated = _flat(lambda x: _of_finite(x, ((x - centre).abs() > SATURATION * half).float().mean(1)))
         return {"saturated": rowwise(post, saturated)}
     return {}
+
+
+def _of_finite(stacked: Tensor, fraction: Tensor) -> Tensor:
+    """A unit fraction per layer, NaN where the layer's values overflowed: they are not dead, nor saturated, they
+    are not numbers (a diverged run's layers past the first non-finite one)."""
+    return torch.where(torch.isfinite(stacked).flatten(1).all(1), fraction, torch.nan)
 
 
 def forward_stats(

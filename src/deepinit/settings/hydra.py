@@ -35,6 +35,7 @@ from deepinit.settings.records import (
     Settings,
     SpeedSettings,
     StatsSettings,
+    run_name,
 )
 from deepinit.settings.rules import ConfigError, config_key
 
@@ -81,6 +82,12 @@ def register() -> None:
         schema = _schema(f"{scheme.settings.__name__}Schema_{name}", [scheme.settings], f"init {name}")
         store.store(group=f"{SCHEMA}/init", name=name, node=schema)
     OmegaConf.register_new_resolver("deepinit_unnamed", lambda: list(Settings.UNNAMED))
+    OmegaConf.register_new_resolver("deepinit_run_name", _run_name)
+
+
+def _run_name(_root_: DictConfig) -> str:
+    """A lone run's folder name (train.yaml's hydra.run.dir): records.run_name of the config being composed."""
+    return run_name(_root_)
 
 
 def from_config(cfg: DictConfig) -> Settings:
@@ -134,7 +141,18 @@ def compose_error(error: BaseException) -> str | None:
             return f"unknown {group} {choice!r}; choose one of: {', '.join(sorted(error.options))}"
         return _first_line(error)
     if isinstance(error, OverrideParseException):
-        return f"cannot read the override: {_first_line(error)}"
+        # Hydra's grammar error ("mismatched input '('") says what the parser expected, not what the key takes
+        key = error.override.partition("=")[0].lstrip("+~")
+        records = (*TOP_LEVEL, DataSettings, StatsSettings, SpeedSettings, CheckpointSettings)
+        rule = next((r for record in records if (r := record.rule_of(key)) is not None), None)
+        hint = f"{key} must be {rule.text}" if rule else f"quote a value with special characters: {key}='...'"
+        return f"cannot read the override {error.override} ({_first_line(error)}); {hint}"
+    if isinstance(error, HydraException) and str(error).startswith("Ambiguous value for argument"):
+        # Hydra's message goes on with three numbered lines of what to do: the same choices, in one line
+        given = str(error).splitlines()[0].partition("'")[2].rstrip("'")
+        key, _, values = given.partition("=")
+        return (f"{given} gives several values: add -m to sweep over them (one run each), or write {key}=[{values}] "
+                f"for a list, or {key}='{values}' for a string")  # fmt: skip
     if isinstance(error, InstantiationException) and isinstance(error.__cause__, ValueError):
         return str(error.__cause__)  # a plugin (the batched launcher) refusing its settings, in its own words
     if not isinstance(error, HydraException | OmegaConfBaseException):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ class ModelSettings(Checked):
 
 @dataclass(frozen=True)
 class RunSettings(Checked):
-    seed: int = setting(integer(), per_member=True)
+    seed: int = setting(integer(0, maximum=2**32 - 1), per_member=True)  # seed_everything's (numpy's) range
     runs_dir: str = setting(text(), neutral=True)
     sweep_name: str = setting(text(), neutral=True)
     force: bool = setting(flag(), neutral=True)
@@ -235,6 +236,32 @@ TOP_LEVEL = (ModelSettings, RunSettings)
 ESSENTIALS = {"init": "init", "depth": "depth", "width": "width", "activation": "activation", "bias": "bias",
               "architecture": "block", "optimizer": "optim", "lr": "optim.lr", "batch_size": "data.batch_size",
               "max_epochs": "trainer.max_epochs", "data": "data", "seed": "seed"}  # fmt: skip
+
+
+# A lone run's folder name leaves these values unsaid (the defaults of conf/), so the default run keeps its short
+# name; any other value is said, and two runs that differ in an essential never share a name in TensorBoard's runs
+# list (tests/test_names.py checks the default run's name, which catches a default changed in conf/ alone).
+UNSAID = {"architecture": "plain", "optimizer": "adam", "lr": 3e-4, "batch_size": 128, "max_epochs": 2,
+          "max_steps": -1, "data": "MNIST", "bias": True}  # fmt: skip
+
+
+def run_name(config: Any) -> str:
+    """A lone run's folder name from its composed config (before the time stamp): init, activation, depth, width,
+    whatever essential differs from UNSAID, and the seed: `kaiming_relu_d50_w256_batchnorm_sgd_lr0.001_s0`. Read
+    from the raw values (Hydra asks before the settings are checked; a bad value is refused later, in one line)."""
+    optim, data, trainer = config["optim"], config["data"], config["trainer"]
+    said = {
+        "architecture": architecture(config["norm"], config["block"], config["alpha"]),
+        "optimizer": str(optim["_target_"]).rpartition(".")[2].lower(),
+        "lr": optim.get("lr"), "batch_size": data["batch_size"], "max_epochs": trainer.get("max_epochs"),
+        "max_steps": trainer.get("max_steps"), "data": data["dataset"], "bias": config["bias"],
+    }  # fmt: skip
+    shown = {"architecture": "{}", "optimizer": "{}", "lr": "lr{}", "batch_size": "b{}", "max_epochs": "e{}",
+             "max_steps": "{}steps", "data": "{}", "bias": "nobias"}  # fmt: skip
+    parts = [str(config["init"]["name"]), str(config["activation"]), f"d{config['depth']}", f"w{config['width']}"]
+    parts += [shown[k].format(v) for k, v in said.items() if v != UNSAID[k]]
+    name = "_".join([*parts, f"s{config['seed']}"])
+    return re.sub(r"[^\w.=+-]+", "-", name)  # one path component: `residual alpha=1/sqrt_L + layernorm`
 
 
 def _flagged(flag_name: str) -> tuple[str, ...]:

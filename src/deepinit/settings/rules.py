@@ -58,9 +58,16 @@ def _nullable(rule: Rule, null: bool) -> Rule:
     return Rule(f"null or {rule.text}", lambda v: v is None or rule.ok(v), rule.choices)
 
 
-def integer(minimum: int | None = None, null: bool = False, note: str = "") -> Rule:
-    text = "an integer" + ("" if minimum is None else f" >= {minimum}") + note
-    return _nullable(Rule(text, lambda v: _is_int(v) and (minimum is None or v >= minimum)), null)
+def integer(minimum: int | None = None, null: bool = False, note: str = "", maximum: int | None = None) -> Rule:
+    if minimum is not None and maximum is not None:
+        bound = f" from {minimum} to {maximum}"
+    else:
+        bound = f" >= {minimum}" if minimum is not None else f" <= {maximum}" if maximum is not None else ""
+
+    def ok(v: Any) -> bool:
+        return _is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+
+    return _nullable(Rule("an integer" + bound + note, ok), null)
 
 
 def number(above: float | None = None, at_least: float | None = None, null: bool = False) -> Rule:
@@ -122,6 +129,12 @@ class Checked:
     @classmethod
     def key(cls, name: str) -> str:
         return f"{cls.PREFIX}.{name}" if cls.PREFIX else name
+
+    @classmethod
+    def rule_of(cls, key: str) -> Rule | None:
+        """The rule of the field that the config spells `key` (dotted, with PREFIX), or None if the record has none."""
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        return next((f.metadata.get("rule") for f in fields if cls.key(config_key(f)) == key), None)
 
     @classmethod
     def keys(cls) -> list[str]:
