@@ -10,6 +10,7 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, NoReturn
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -25,14 +26,14 @@ from deepinit.lifecycle import (
     RunRecord,
     check_resume,
     exit_line,
+    refuse_job,
     report_failure,
     report_interrupted,
 )
 from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
 from deepinit.settings.records import Settings
 from deepinit.settings.rules import ConfigError
-from deepinit.summary import Summary
-from deepinit.sweep import claim, clear_attempt, resume_point, skip_or_clear, sweep_name
+from deepinit.sweep import claim, resume_point, skip_or_clear, sweep_name
 from deepinit.train import run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -58,17 +59,10 @@ def main(cfg: DictConfig) -> None:
         try:
             settings = from_config(cfg)
         except ConfigError as e:  # refused settings: the run's summary says so, as any failure's does
-            if multirun and first and Summary.read(run_dir) is not None:
-                # an earlier attempt's record (a rerun with a bad value of a key that does not name the folder):
-                # a refusal keeps it as it was
-                log.error(f"job {num} refused: {e}; its earlier attempt is left as it was")
-                return
-            if multirun and first:
-                clear_attempt(run_dir)
-            RunRecord.failed(run_dir, e)
             if multirun:
-                report_failure(e, f"job {num}")  # a row of the sweep report, not the sweep's end
+                refuse_job(run_dir, num, e, clear=first)
                 return
+            RunRecord.failed(run_dir, e)
             sys.exit(exit_line(e))
         resume = settings.run.resume is not None
         if multirun:
@@ -107,26 +101,29 @@ def name_the_sweep(argv: list[str]) -> None:
 
 def resume_command(argv: list[str]) -> list[str]:
     """`resume=<run folder>` as the command that made that run (its own overrides, from .hydra/overrides.yaml),
-    run in that folder; other arguments as they are. ConfigError when the folder is no run's."""
-    given = [a for a in argv[1:] if a.startswith("resume=")]
+    run in that folder; other arguments as they are. ConfigError when the folder is no run's, or the run cannot be
+    resumed so (checked before Hydra writes anything into the folder; --cfg, --info and --help only show)."""
+    args, flags, overrides = split_command(argv)
+    given = [a for a in overrides if a.startswith("resume=")]
     if not given:
         return argv
-    if {"-m", "--multirun"} & set(argv):
+    if args.multirun:
         raise ConfigError("resume= takes one run's folder; to resume a sweep, run the sweep's command again")
     folder = Path(given[-1].partition("=")[2]).resolve()
     saved = folder / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise ConfigError(f"resume={folder}: not a run folder (no .hydra/overrides.yaml in it)")
     own = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra.run.dir=", "sweep_name="))]
-    rest = [a for a in argv[1:] if not a.startswith("resume=")]
-    check_resume(folder, composed([*own, *rest]))  # before Hydra writes anything into the folder
-    return [argv[0], *own, *rest, f"hydra.run.dir={folder}", f"resume={folder}"]
+    rest = [a for a in overrides if not a.startswith("resume=")]
+    if args.cfg is None and args.info is None and not args.help:
+        check_resume(folder, composed([*own, *rest]))
+    return [argv[0], *flags, *own, *rest, f"hydra.run.dir={folder}", f"resume={folder}"]
 
 
 def composed(overrides: list[str]) -> Settings:
     """The Settings these command-line overrides compose to, composed here without running anything (Hydra's
     compose API), for checks that must come before Hydra writes into a run folder; Hydra's own keys left out."""
-    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.") and not o.startswith("-")]
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return from_config(compose(config_name="train", overrides=task))
 
@@ -136,23 +133,10 @@ def command_line(argv: list[str]) -> list[str]:
     arguments, so `depth=3 -m init=a,b` would be refused), one command at a time (--cfg and --info show one run's
     config: a -m beside them is dropped, a sweep on the command line refused), and --help as this study's own
     (conf/hydra/help/deepinit.yaml). ConfigError, one line, for what Hydra's parser or Hydra would refuse."""
-    from typing import NoReturn
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from deepinit.private_api import hydra_args_parser
-
-    parser = hydra_args_parser()
-
-    def refuse(message: str) -> NoReturn:  # argparse's own answer is its usage, several lines, and exit status 2
-        raise ConfigError(f"{message}; python scripts/train.py --help says what it takes")
-
-    parser.error = refuse  # type: ignore[method-assign]
-    args = parser.parse_intermixed_args(argv[1:])
-    overrides, flags = list(args.overrides), list(argv[1:])
-    for override in overrides:
-        flags.remove(override)
+    args, flags, overrides = split_command(argv)
     shown = "--cfg" if args.cfg is not None else "--info" if args.info is not None else None
     if args.multirun and shown:
         flags = [f for f in flags if f not in ("-m", "--multirun")]
@@ -177,6 +161,24 @@ def command_line(argv: list[str]) -> list[str]:
     return [argv[0], *flags, *overrides]
 
 
+def split_command(argv: list[str]) -> tuple[Any, list[str], list[str]]:
+    """argv as Hydra's parser reads it: its arguments, the flags (with their values) and the overrides, in their
+    order. ConfigError, one line, for what the parser refuses."""
+    from deepinit.private_api import hydra_args_parser
+
+    parser = hydra_args_parser()
+
+    def refuse(message: str) -> NoReturn:  # argparse's own answer is its usage, several lines, and exit status 2
+        raise ConfigError(f"{message}; python scripts/train.py --help says what it takes")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    args = parser.parse_intermixed_args(argv[1:])
+    overrides, flags = list(args.overrides), list(argv[1:])
+    for override in overrides:
+        flags.remove(override)
+    return args, flags, overrides
+
+
 def group_choices(group: str) -> str:
     """A config group's choices for --help, the chosen one in brackets, wrapped below the help template's column."""
     import textwrap
@@ -192,8 +194,9 @@ def group_choices(group: str) -> str:
 
 def trainer_arguments(argv: list[str]) -> list[str]:
     """Every lightning.Trainer argument as `trainer.<argument>=value`: one that the trainer's config file has no key
-    for as Hydra's add-or-override `++trainer.<argument>=value` (a key the file has stays as typed: the names of
-    sweep and job folders, made from the overrides, stay as they were). ConfigError, naming the Trainer's arguments,
+    for as Hydra's add-or-override `++trainer.<argument>=value` (a key the file has stays as typed, so the job folders
+    of the usual sweeps keep their names; a sweep job's folder shows the ++ of the others). ConfigError, naming the
+    Trainer's arguments,
     for a `trainer.<name>` that is none of them (with any + prefix too: Lightning would refuse it only at the run)."""
     import difflib
     import inspect

@@ -84,8 +84,9 @@ def test_resume_may_train_longer_and_ends_ok(tmp_path, stopped_run, mnist_root):
     assert summary["status"] == "ok" and summary["steps"] == 120 and summary["resumed"][0]["at_step"] >= 40
 
 
-def test_a_sweep_rerun_with_a_refused_setting_keeps_the_finished_jobs(tmp_path, mnist_root):
-    sweep = ["-m", "init=kaiming,xavier", *SMALL, "trainer.max_steps=20"]
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_a_sweep_rerun_with_a_refused_setting_keeps_the_finished_jobs(tmp_path, mnist_root, launcher):
+    sweep = ["-m", f"hydra/launcher={launcher}", "init=kaiming,xavier", *SMALL, "trainer.max_steps=20"]
     done = train_cli(*sweep, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     (folder,) = tmp_path.iterdir()

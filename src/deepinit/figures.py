@@ -38,8 +38,11 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 def _use_log(series: list[np.ndarray]) -> bool:
+    """Log-scaled where the values are >= 0 and the positive ones span decades (a vanishing signal's underflow to 0
+    is left out of the picture, not a reason to draw it linearly)."""
     values = np.concatenate([s[np.isfinite(s)] for s in series]) if series else np.array([])
-    return bool(values.size) and values.min() > 0 and values.max() / values.min() > 10
+    positive = values[values > 0]
+    return bool(positive.size) and values.min() >= 0 and positive.max() / positive.min() > 10
 
 
 THEORY_CURVES = {  # panel -> (predicted curve, its finite-width log sd) from LayerStats.prediction

@@ -77,6 +77,20 @@ def report_failure(error: BaseException, what: str) -> None:
     log.error(f"{what} failed: {type(error).__name__}: {error}", exc_info=None if user else error)
 
 
+def refuse_job(run_dir: Path, num: int, error: ConfigError, clear: bool = True) -> Summary | None:
+    """A sweep job whose settings are refused, in one line (a row of the sweep report, not the sweep's end): its
+    summary says failed, unless an earlier attempt left one (a rerun with a bad value of a key that does not name the
+    folder), which a refusal keeps as it was. Returns the failed summary, or None where the earlier one was kept.
+    clear: remove what a killed attempt left first (under torchrun, one process does)."""
+    if Summary.read(run_dir) is not None:
+        log.error(f"job {num} refused: {error}; its earlier attempt is left as it was")
+        return None
+    report_failure(error, f"job {num}")
+    if clear:
+        clear_attempt(run_dir)
+    return RunRecord.failed(run_dir, error)
+
+
 def report_interrupted(interrupted: RunInterrupted) -> None:
     """The console's one line (and the run's log's) for a run that Ctrl-C stopped: where, and how to go on."""
     log.warning(f"deepinit: {interrupted.summary.reason}")

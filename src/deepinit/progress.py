@@ -2,8 +2,9 @@
 
 In a terminal (stderr is one) a single bar, redrawn in place; anywhere else (a file, a pipe, a cluster job's log) a
 line every `trainer.log_every_n_steps` steps through logging, so the job's log file gets the same lines and no
-carriage return ever reaches a file. The total is the steps the run will take: max_steps, or max_epochs times the
-optimizer steps of an epoch (limit_train_batches and gradient accumulation counted), whichever comes first.
+carriage return ever reaches a file (in a terminal the log file gets none: the bar is the console's). The total is
+the steps the run will take: max_steps, or max_epochs times the optimizer steps of an epoch (limit_train_batches
+and gradient accumulation counted), whichever comes first.
 Validation and test show nothing here: they take a moment, and the run's end line gives the test accuracy.
 
 `progress_bar(settings.trainer)` is the callback a run's Trainer gets: a lone run and a batched group alike.

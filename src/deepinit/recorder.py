@@ -3,10 +3,11 @@
 On a recorded step (step 0, before any update, then every `every_n_steps`) it captures the batch's pre-activations,
 activations and their gradients (through hooks, or handed over by a caller that ran the pass itself), the weights
 before the optimizer step, and afterwards computes all statistics on the device, crossing to the host once. On
-other steps nothing is hooked. It writes TensorBoard scalars (`<group>/<quantity>/layer_07`) with a custom-scalars
-layout (one chart per quantity, a line per layer), histograms, depth-profile and heat-map figures, and a tidy
-`layer_stats.csv` (step, layer, group, quantity, value); with the init's theory, step 0 also gets the predicted
-profiles beside the measured ones. `history` and `prediction` keep what was recorded: the figures and the
+other steps nothing is hooked. It writes TensorBoard scalars (`<group>/<quantity>/layer_0007`), the network-level
+view (SIGNAL, with the theory's line in the sibling run <run>/theory; the depth-profile and heat-map figures a card
+each), a custom-scalars layout (the story first, then one chart per quantity, a line per layer), histograms, and a
+tidy `layer_stats.csv` (step, layer, group, quantity, value); with the init's theory, step 0 also gets the
+predicted profiles beside the measured ones. `history` and `prediction` keep what was recorded: the figures and the
 summary's step-0 diagnostics read them. It observes only: training is unchanged.
 
 deepinit.layer_stats.LayerStats feeds it from a Lightning Trainer; deepinit.batched feeds each member's directly.
@@ -41,16 +42,18 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
 LAYER_DIGITS = 4  # layer_0007 at any depth: the same layer has the same tag in every run, depth 10 or 1,000
 # The network-level view (TensorBoard's group "Signal", which sorts before the per-layer groups, docs/tensorboard.md):
-# how much the signal grows or shrinks from the first layer to the last, measured at every recorded step; the
-# theory's value at init goes under the same tag into the sibling run <run>/theory (THEORY_RUN), so that one card
-# shows both. (group, quantity) -> (tag, last over first or, for gradients, which flow backwards, first over last).
+# how much the signal's mean square grows or shrinks a layer, on average from the first layer to the last (log10:
+# 0 keeps it, -2 shrinks it 100x a layer), so that runs of any depth share one scale; measured at every recorded
+# step, and the theory's value at init under the same tag in the sibling run <run>/theory (THEORY_RUN): one card
+# shows both. (group, quantity) -> (tag, forwards, or backwards as gradients flow: from the last layer to the first).
 SIGNAL = {
-    ("activations", "sqr"): ("Signal/activations: log10 mean square, last layer over first", True),
-    ("gradients", "sqr"): ("Signal/gradients: log10 mean square, first layer over last", False),
+    ("activations", "sqr"): ("Signal/activations: log10 growth of the mean square a layer", True),
+    ("gradients", "sqr"): ("Signal/gradients: log10 growth of the mean square a layer, backwards", False),
 }
 THEORY_RUN = "theory"
 # The card that joins the run's first screen (deepinit.run_logger.TAGS): what the init does to the signal
-OVERVIEW_CARDS = {"depth profile, activations": "Overview/signal through depth (activations, theory dashed)"}
+# (named to sort after the speed card: Time Series shows a card per run of an image, and the speed goes first)
+OVERVIEW_CARDS = {"depth profile, activations": "Overview/the signal through depth (activations, theory dashed)"}
 
 
 class LayerRecorder:
@@ -345,14 +348,14 @@ class LayerRecorder:
 
 def signal_view(per_layer: dict[tuple[str, str], np.ndarray | None]) -> dict[str, float]:
     """SIGNAL's values from per-layer mean squares (measured, or the theory's curves): log10 of the last layer's over
-    the first's, or the first's over the last's; none where not finite (a diverged run)."""
+    the first's (the first's over the last's, backwards) over the layers between; none where not finite."""
     out = {}
     for key, (tag, forward) in SIGNAL.items():
         curve = per_layer.get(key)
         if curve is None or len(curve) < 2:
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = float(np.log10(curve[-1] / curve[0] if forward else curve[0] / curve[-1]))
+            ratio = float(np.log10(curve[-1] / curve[0] if forward else curve[0] / curve[-1])) / (len(curve) - 1)
         if math.isfinite(ratio):
             out[tag] = ratio
     return out

@@ -1,6 +1,6 @@
 """How fast a run learns: its accuracy on a fixed slice of the validation split every `speed.every_n_steps` steps,
 and the first step at which it reached `speed.target_acc` (summary.json's `speed`, the HParams metric
-final/steps_to_target, TensorBoard's speed/val_acc).
+final/steps_to_target, TensorBoard's Overview/speed card).
 
 Read from the curve, not from the run's end: a very deep network can reach the target and unlearn afterwards.
 `SpeedTracker` is the logic and knows no Trainer (a batched group feeds one per member from one evaluation of the
@@ -69,7 +69,8 @@ def speed_tracker(settings: SpeedSettings, val: tuple[Tensor, Tensor]) -> SpeedT
 
 class LearningSpeed(L.Callback):
     """Feeds a lone run's SpeedTracker: accuracy at step 0 and after every `every_n_steps`-th update, written as
-    speed/val_acc at that step. Its record goes into the run's checkpoints, so a resumed run's curve is whole."""
+    speed/val_acc at that step (TensorBoard's Overview/speed card). Its record goes into the run's checkpoints, so a
+    resumed run's curve is whole."""
 
     def __init__(self, tracker: SpeedTracker, chunk: int) -> None:
         self.tracker, self.chunk = tracker, chunk

@@ -39,13 +39,15 @@ def sweep_name(overrides: Sequence[str]) -> str:
 
 
 def resume_point(job_dir: Path, settings: Settings) -> Path | None:
-    """The newest usable checkpoint (deepinit.checkpoints) an unfinished attempt with these settings left, to go on
-    from, else None. For the job's lock holder: an attempt that still says `running` died (on any host)."""
+    """The newest usable checkpoint (deepinit.checkpoints) an unfinished attempt with these settings (but for
+    Settings.RESUMABLE, a longer budget, as resume= allows) left, to go on from, else None. For the job's lock
+    holder: an attempt that still says `running` died (on any host)."""
     from deepinit.checkpoints import newest_usable
 
     summary = Summary.read(job_dir)
     unfinished = summary is not None and summary.status in UNFINISHED
-    return newest_usable(job_dir) if unfinished and settings.same_results(summary.settings) else None
+    resumable = unfinished and not settings.differing(summary.settings, also=settings.RESUMABLE)
+    return newest_usable(job_dir) if resumable else None
 
 
 def finished_summary(job_dir: Path, settings: Settings) -> Summary | None:

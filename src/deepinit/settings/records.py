@@ -259,9 +259,9 @@ def run_name(config: Any) -> str:
     shown = {"architecture": "{}", "optimizer": "{}", "lr": "lr{}", "batch_size": "b{}", "max_epochs": "e{}",
              "max_steps": "{}steps", "data": "{}", "bias": "nobias"}  # fmt: skip
     parts = [str(config["init"]["name"]), str(config["activation"]), f"d{config['depth']}", f"w{config['width']}"]
-    parts += [shown[k].format(v) for k, v in said.items() if v != UNSAID[k]]
-    name = "_".join([*parts, f"s{config['seed']}"])
-    return re.sub(r"[^\w.=+-]+", "-", name)  # one path component: `residual alpha=1/sqrt_L + layernorm`
+    parts += [shown[k].format(v) for k, v in said.items() if v is not None and v != UNSAID[k]]
+    name = "_".join([*parts, f"s{config['seed']}"]).replace(" + ", "+")
+    return re.sub(r"[^\w.=+-]+", "-", name)  # one path component: `residual alpha=1/sqrt_L+layernorm`
 
 
 def _flagged(flag_name: str) -> tuple[str, ...]:
@@ -400,10 +400,12 @@ class Settings:
 
     def differing(self, earlier_config: dict[str, Any] | None, also: tuple[str, ...] = ()) -> dict[str, tuple]:
         """The settings that decide results and differ from an earlier run's (`earlier_config`, its summary's
-        settings), leaving out the dotted keys `also` names: key -> (earlier value, this run's), missing ones None."""
+        settings), leaving out the dotted keys `also` names: key -> (earlier value, this run's)."""
         before, now = (_flat(self.results_part(c, also=also)) for c in (earlier_config or {}, self.config))
         keys = sorted(before.keys() | now.keys())
-        return {k: (before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)}
+        unset = "(unset)"  # a key one of the two has not: not the same as a null value
+        return {k: (before.get(k, unset), now.get(k, unset)) for k in keys
+                if k not in before or k not in now or before[k] != now[k]}  # fmt: skip
 
     def group_key(self) -> str:
         """Runs with equal keys can be trained as one stacked model (deepinit.batched)."""

@@ -57,11 +57,11 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import memory_estimate, train_group, why_alone
-        from deepinit.lifecycle import RunInterrupted, RunRecord, no_room, report_failure, report_interrupted
+        from deepinit.lifecycle import RunInterrupted, no_room, refuse_job, report_failure, report_interrupted
         from deepinit.settings.hydra import from_config
         from deepinit.settings.rules import ConfigError
         from deepinit.summary import Summary
-        from deepinit.sweep import claim, clear_attempt, skip_or_clear
+        from deepinit.sweep import claim, skip_or_clear
         from deepinit.train import run
 
         setup_globals()
@@ -83,9 +83,9 @@ class BatchedLauncher(Launcher):
             try:
                 settings = from_config(cfg)
             except ConfigError as e:  # a row of the report, as a lone job's refused settings are
-                report_failure(e, f"job {num}")
-                clear_attempt(run_dir)
-                summaries[num] = RunRecord.failed(run_dir, e)
+                if (failed := refuse_job(run_dir, num, e)) is None:
+                    return {}  # an earlier attempt's record, kept as it was
+                summaries[num] = failed
                 return {"num": num, "run_dir": run_dir}
             if skip_or_clear(run_dir, settings, num) is not None:
                 return {}
