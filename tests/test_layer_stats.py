@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -10,7 +11,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from conftest import compose_cfg, read_csv, read_events
 from deepinit import stats
 from deepinit.activations import ACTIVATIONS
-from deepinit.recorder import OVERVIEW_CARDS, SIGNAL
+from deepinit.recorder import OVERVIEW_CARDS, SIGNAL, signal_view
 from deepinit.train import build, run
 
 QUICK = ["trainer.limit_val_batches=0", "trainer.enable_checkpointing=true", "width=64"]
@@ -107,8 +108,10 @@ def test_tensorboard_layout_figures_and_histograms(tmp_path, mnist_root):
     (first, *_, last) = events.Images(OVERVIEW_CARDS["depth profile, activations"])  # init's, with theory; the end's
     assert (first.step, last.step) == (0, 4) and first.width <= 520  # a TensorBoard card's size, not a thumbnail
     assert (tmp_path / "figures" / "depth_profile.png").stat().st_size > 10_000
-    theory = read_events(tmp_path / "theory").Scalars(SIGNAL[("activations", "sqr")][0])  # beside the measured
-    assert [e.step for e in theory] == [0, 4] and theory[0].value == theory[1].value
+    tag = SIGNAL[("activations", "sqr")][0]
+    theory = read_events(tmp_path / "theory").Scalars(tag)  # the sibling run: a line in the measured value's card
+    assert [e.step for e in theory] == [e.step for e in events.Scalars(tag)] == [0, 2]  # every recorded step
+    assert len({e.value for e in theory}) == 1 and abs(theory[0].value) < 0.05  # kaiming relu: the signal kept
     (hist, *_) = events.Histograms("hist_activations/layer_0012")  # step 0: the logits of the first batch
     assert hist.step == 0 and hist.histogram_value.num == 128 * 10
     assert sum(hist.histogram_value.bucket) == 128 * 10
@@ -116,6 +119,15 @@ def test_tensorboard_layout_figures_and_histograms(tmp_path, mnist_root):
     assert hist.histogram_value.min <= logits <= hist.histogram_value.max
     assert hist.histogram_value.sum / hist.histogram_value.num == pytest.approx(logits, rel=1e-4, abs=1e-6)
     assert len(events.Tags()["histograms"]) == 2 * 12  # activations and gradients, every layer
+
+
+def test_the_signal_growth_holds_where_the_signal_overflows_or_underflows():
+    act, grad = SIGNAL[("activations", "sqr")][0], SIGNAL[("gradients", "sqr")][0]
+    vanishing = np.array([1.0, 1e-2, 1e-4, 0.0, 0.0])  # 0.01's signal: 100x smaller a layer, then underflow
+    exploding = np.array([np.inf, 1e8, 1e4, 1.0])  # gradients grow backwards, from the last layer, until inf
+    view = signal_view({("activations", "sqr"): vanishing, ("gradients", "sqr"): exploding})
+    assert view[act] == pytest.approx(-2.0) and view[grad] == pytest.approx(4.0)
+    assert signal_view({("activations", "sqr"): np.array([0.0, 0.0])}) == {}  # nothing to say, nothing drawn
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))

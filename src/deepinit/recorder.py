@@ -98,6 +98,7 @@ class LayerRecorder:
         self.pad = max(LAYER_DIGITS, len(str(model.depth)))
         self.writer, self.out_dir = writer, Path(out_dir)
         self._layout_written = False
+        self._theory_writer: SummaryWriter | None = None
         self._csv = None
         if self.csv_file:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,6 @@ class LayerRecorder:
         self._record(step, found)
         if predicting:  # the init's picture against its theory, on the first screen from the first step on
             self._write_cards(step, heat_maps=False)
-            self._write_theory_signal(step)
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._histograms(step)
         self._pre = self._post = self._normed = self._grads = self._before = self._input = None  # free the batch
@@ -260,17 +260,20 @@ class LayerRecorder:
             # One event holding every layer's values: a thousand separate add_scalar calls would each queue
             # an event for TensorBoard's writer thread and make a logging step cost a tenth of a second.
             self.writer.file_writer.add_summary(Summary(value=scalars), step)
+            self._write_theory_signal(step)
 
     def _write_theory_signal(self, step: int) -> None:
-        """The theory's SIGNAL values at init into <run>/theory at `step` (the first recorded step, and the last: a
-        flat line across the run in the measured value's card)."""
+        """The theory's SIGNAL values at init into <run>/theory at `step`, every recorded step from the prediction on:
+        a flat line beside the measured one in its card (two points alone would be dropped as TensorBoard's
+        outliers)."""
         if self.writer is None or not self.prediction:
             return
         view = signal_view({key: self.prediction.get(f"{key[0]}_{key[1]}") for key in SIGNAL})
         if view:
-            with SummaryWriter(str(self.out_dir / THEORY_RUN)) as writer:
-                writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=t, simple_value=v)
-                                                              for t, v in view.items()]), step)  # fmt: skip
+            if self._theory_writer is None:
+                self._theory_writer = SummaryWriter(str(self.out_dir / THEORY_RUN))
+            values = [Summary.Value(tag=tag, simple_value=value) for tag, value in view.items()]
+            self._theory_writer.file_writer.add_summary(Summary(value=values), step)
 
     def _tag(self, group: str, quantity: str, layer: int) -> str:
         return f"{group}/{quantity}" if group in WHOLE_NETWORK else f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
@@ -320,7 +323,9 @@ class LayerRecorder:
         if self._csv is not None:
             self._csv.close()
             self._csv = None
-        self._write_theory_signal(step)
+        if self._theory_writer is not None:
+            self._theory_writer.close()
+            self._theory_writer = None
         if not (self.figures and self.history):
             return
         figures_dir = self.out_dir / "figures"
@@ -347,17 +352,19 @@ class LayerRecorder:
 
 
 def signal_view(per_layer: dict[tuple[str, str], np.ndarray | None]) -> dict[str, float]:
-    """SIGNAL's values from per-layer mean squares (measured, or the theory's curves): log10 of the last layer's over
-    the first's (the first's over the last's, backwards) over the layers between; none where not finite."""
+    """SIGNAL's values from per-layer mean squares (measured, or the theory's curves): the mean log10 growth a
+    layer, forwards from the first layer (backwards from the last, for gradients), over the layers where the signal
+    is still a positive number: a signal that overflows or underflows (N(0, 1), 0.01) still has its growth."""
     out = {}
     for key, (tag, forward) in SIGNAL.items():
         curve = per_layer.get(key)
-        if curve is None or len(curve) < 2:
+        if curve is None:
             continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = float(np.log10(curve[-1] / curve[0] if forward else curve[0] / curve[-1])) / (len(curve) - 1)
-        if math.isfinite(ratio):
-            out[tag] = ratio
+        values = np.asarray(curve, dtype=float)[:: 1 if forward else -1]
+        usable = np.isfinite(values) & (values > 0)
+        n = len(values) if usable.all() else int(np.argmin(usable))  # up to the first layer that is not a number
+        if n >= 2:
+            out[tag] = float(np.log10(values[n - 1] / values[0])) / (n - 1)
     return out
 
 
