@@ -53,7 +53,7 @@ SIGNAL = {
 THEORY_RUN = "theory"
 # The card that joins the run's first screen (deepinit.run_logger.TAGS): what the init does to the signal
 # (named to sort after the speed card: Time Series shows a card per run of an image, and the speed goes first)
-OVERVIEW_CARDS = {"depth profile, activations": "Overview/the signal through depth (activations, theory dashed)"}
+OVERVIEW_CARDS = {"depth profile, activations": "Overview/the signal through depth: activations, theory dashed"}
 
 
 class LayerRecorder:
@@ -305,8 +305,8 @@ class LayerRecorder:
         layer."""
         layout: dict[str, dict[str, list]] = {
             "Overview": {
-                "loss (train, validation)": ["Multiline", [r"^Overview/loss", r"^val/loss$"]],
-                "accuracy (train, validation)": ["Multiline", [r"^Overview/accuracy", r"^train/acc$"]],
+                "loss: train, validation": ["Multiline", [r"^Overview/loss", r"^val/loss$"]],
+                "accuracy: train, validation": ["Multiline", [r"^Overview/accuracy", r"^train/acc$"]],
                 "speed: accuracy on the first validation images": ["Multiline", [r"^Overview/speed"]],
             },
             "Signal (each run's theory at init: its run /theory)": {

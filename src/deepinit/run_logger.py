@@ -74,9 +74,10 @@ def hparams_metrics(summary: Summary, history: dict[tuple[str, str], list]) -> d
 # cards of a run's story (its accuracy, loss, learning speed and the recorder's depth profile against theory), the
 # second, Signal, the rest of the network-level view (deepinit.recorder), and every per-layer group is lowercase
 # (docs/tensorboard.md). The module logs the names Lightning users know; the logger writes these tags for them.
+# No parentheses in a tag: Custom Scalars draws no line for a tag with one.
 TAGS = {
-    "val/acc": "Overview/accuracy (validation)",
-    "train/loss": "Overview/loss (train)",
+    "val/acc": "Overview/accuracy, validation",
+    "train/loss": "Overview/loss, train",
     "speed/val_acc": "Overview/speed: accuracy on the first validation images",
 }
 
