@@ -182,3 +182,15 @@ def test_submitit_requeues_a_preempted_job_which_resumes_from_its_checkpoint(tmp
     assert len(summary["resumed"]) == 1 and summary["resumed"][0]["at_step"] >= 400  # from where it stopped
     assert stats_steps(job) == uninterrupted[1]  # no step done twice, none missing (threads=1: results may round
     # differently from the two-thread reference, so they are not compared here)
+
+
+def test_a_run_that_ended_well_keeps_its_newest_epoch_checkpoint_only(tmp_path):
+    """Resumed from an epoch's own checkpoint, Lightning's ModelCheckpoint does not know that file (its state was
+    saved before it): the earlier epoch's checkpoint stayed beside the last one, 40 MB at depth 50."""
+    folder = tmp_path / checkpoints.FOLDER
+    folder.mkdir()
+    names = ["epoch=0-step=430.ckpt", "epoch=3-step=1500.ckpt", "periodic-step=700.ckpt", f"x.ckpt{checkpoints.PART}"]
+    for name in names:
+        (folder / name).write_bytes(b"PK")
+    checkpoints.remove_stale(tmp_path)
+    assert [p.name for p in folder.iterdir()] == ["epoch=3-step=1500.ckpt"]

@@ -104,7 +104,10 @@ def step_of(path: Path, summary_steps: int | None) -> int | None:
 
 
 def remove_stale(run_dir: Path) -> None:
-    """Remove what a run that ended well no longer needs: periodic checkpoints and half-written files."""
+    """Remove what a run that ended well no longer needs: periodic checkpoints, half-written files, and epoch
+    checkpoints but the newest (a run resumed from an epoch's checkpoint restores a ModelCheckpoint state saved before
+    that file existed, so Lightning does not replace it)."""
     folder = Path(run_dir) / FOLDER
-    for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{PART}")]:
+    epochs = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: step_of(p, -1))
+    for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{PART}"), *epochs[:-1]]:
         path.unlink(missing_ok=True)

@@ -259,7 +259,8 @@ def run_name(config: Any) -> str:
     shown = {"architecture": "{}", "optimizer": "{}", "lr": "lr{}", "batch_size": "b{}", "max_epochs": "e{}",
              "max_steps": "{}steps", "data": "{}", "bias": "nobias"}  # fmt: skip
     parts = [str(config["init"]["name"]), str(config["activation"]), f"d{config['depth']}", f"w{config['width']}"]
-    parts += [shown[k].format(v) for k, v in said.items() if v is not None and v != UNSAID[k]]
+    # null, or max_epochs=-1 (Lightning's "no limit"), say nothing of the run
+    parts += [shown[k].format(v) for k, v in said.items() if v not in (None, -1) and v != UNSAID[k]]
     name = "_".join([*parts, f"s{config['seed']}"]).replace(" + ", "+")
     return re.sub(r"[^\w.=+-]+", "-", name)  # one path component: `residual alpha=1/sqrt_L+layernorm`
 
