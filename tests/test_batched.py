@@ -10,7 +10,7 @@ from deepinit.batched import StackedMLP, train_group
 from deepinit.run_logger import tag_of
 from deepinit.train import build, run
 
-LOSS, ACC = tag_of("train/loss"), tag_of("train/acc")  # as TensorBoard shows them
+LOSS = tag_of("train/loss")  # as TensorBoard shows it
 
 MEMBERS = [("kaiming", 0), ("xavier", 1), ("orthogonal", 2)]
 

@@ -343,7 +343,8 @@ class LayerRecorder:
         self._write_cards(step, heat_maps=True)
 
     def _write_cards(self, step: int, heat_maps: bool) -> None:
-        """The network-level figures, one TensorBoard card each, in the group Signal (figures.card_figures)."""
+        """The network-level figures, one TensorBoard card each (figures.card_figures): in the group Signal, but for
+        OVERVIEW_CARDS."""
         if self.writer is None or not self.figures:
             return
         for name, fig in card_figures(self.history, self.profile_points, self.prediction, heat_maps).items():

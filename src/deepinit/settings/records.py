@@ -397,7 +397,7 @@ class Settings:
     def same_results(self, earlier_config: dict[str, Any] | None) -> bool:
         """Whether a run with `earlier_config` (an earlier summary's settings) ran with the settings that decide
         results."""
-        return self.results_part(earlier_config or {}) == self.result_settings()
+        return not self.differing(earlier_config)
 
     def differing(self, earlier_config: dict[str, Any] | None, also: tuple[str, ...] = ()) -> dict[str, tuple]:
         """The settings that decide results and differ from an earlier run's (`earlier_config`, its summary's
