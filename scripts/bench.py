@@ -1,7 +1,7 @@
 """Training throughput, side by side in one process: the plain PyTorch loop against the project's path.
 
     python scripts/bench.py                      # CPU (or the GPU if there is one), defaults below
-    python scripts/bench.py --device cuda --width 512   # the GPU figures in README.md
+    python scripts/bench.py --device cuda --width 512   # the GPU figures in docs/performance.md
     python scripts/bench.py --profile            # also: where the project step's time goes (torch.profiler)
 
 Cases: the reference loop (plain PyTorch, data as one tensor on the device, torch's default optimizer
@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from deepinit.batched import train_group
+from deepinit.parts import build, layer_stats
 from deepinit.settings.hydra import from_config, register
 from deepinit.settings.records import MATMUL_PRECISIONS, Settings
-from deepinit.train import build, layer_stats
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -200,6 +200,12 @@ def main() -> None:
         choices=MATMUL_PRECISIONS,
         help="float32 matmuls for every case (high: TF32 on GPU tensor cores); the project's matmul_precision",
     )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="only the cases whose names end with one of these, comma-separated (e.g. 'stats off,stats default,"
+        "stats full'), beside the reference loop; default: every case",
+    )
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
     args = parser.parse_args()
 
@@ -220,6 +226,7 @@ def main() -> None:
         "trainer.limit_val_batches=0",
         "trainer.limit_test_batches=0",
         "trainer.enable_checkpointing=false",  # what happens after the timed steps: kept short
+        "+trainer.enable_progress_bar=false",  # the bench prints its own rows, not a bar per run
     ]
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -246,6 +253,9 @@ def main() -> None:
     batched_name = f"batched group of {group} runs (stats default, summed)"
     if group:
         cases[batched_name] = lambda: batched_group(group_runs, device, warmup, steps)
+    if args.cases:
+        wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
+        cases = {n: f for n, f in cases.items() if n == reference_name or any(n.endswith(w) for w in wanted)}
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for repeat in range(args.repeats):
@@ -253,8 +263,9 @@ def main() -> None:
             samples[name].append(measure())
             print(f"  repeat {repeat + 1}/{args.repeats}  {name:<42} {samples[name][-1]:>10,.0f} samples/s", flush=True)
     median = {name: statistics.median(v) for name, v in samples.items()}
-    reference, off = median[reference_name], median["project, stats off"]
-    default, tutorial = median["project, stats default"], median["tutorial pipeline (DataLoader, 0 workers)"]
+    reference = median[reference_name]
+    off, default = median.get("project, stats off"), median.get("project, stats default")
+    tutorial = median.get("tutorial pipeline (DataLoader, 0 workers)")
     machine = machine_name(device)
     lines = [
         f"{datetime.now():%Y-%m-%d}: depth {args.depth}, width {args.width}, batch {args.batch}, relu, "
@@ -266,11 +277,17 @@ def main() -> None:
         "|---|---:|---:|",
         *[f"| {name} | {median[name]:,.0f} | {median[name] / reference:.2f}x |" for name in cases],
         "",
-        f"project (stats default) vs tutorial pipeline: {default / tutorial:.2f}x; stats overhead, as throughput "
-        "lost vs stats off: "
-        + ", ".join(f"{k} {1 - median[f'project, stats {k}'] / off:.1%}" for k in ("default", "full")),
     ]
-    if group:
+    if default and tutorial:
+        lines.append(f"project (stats default) vs tutorial pipeline: {default / tutorial:.2f}x")
+    overheads = [
+        f"{k} {1 - median[f'project, stats {k}'] / off:.1%}"
+        for k in ("default", "full")
+        if off and f"project, stats {k}" in median
+    ]
+    if overheads:
+        lines.append("stats overhead, as throughput lost vs stats off: " + ", ".join(overheads))
+    if group and batched_name in median and default:
         lines.append(
             f"batched group of {group} vs the same runs one by one: {median[batched_name] / default:.2f}x the project"
             f"'s path (stats default), {median[batched_name] / reference:.2f}x the reference loop"

@@ -25,8 +25,8 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from deepinit import checkpoints
+from deepinit.parts import build
 from deepinit.settings.hydra import from_config, register
-from deepinit.train import build
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -5,10 +5,8 @@ python scripts/train.py -m init=normal,xavier,kaiming depth=10,50
 python scripts/train.py resume=<run folder>          # go on after Ctrl-C, SIGTERM, kill -9
 """
 
-import logging
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,72 +18,28 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from deepinit import stopping
-from deepinit.lifecycle import (
-    USER_ERRORS,
-    RunInterrupted,
-    RunRecord,
-    check_resume,
-    exit_line,
-    refuse_job,
-    report_failure,
-    report_interrupted,
-)
+from deepinit.job import open_job
+from deepinit.lifecycle import USER_ERRORS, RunInterrupted, check_resume, exit_line
 from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
-from deepinit.settings.records import Settings
+from deepinit.settings.records import Settings, folder_name
 from deepinit.settings.rules import ConfigError
-from deepinit.sweep import claim, resume_point, skip_or_clear, sweep_name
-from deepinit.train import run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-log = logging.getLogger("deepinit")
 register()  # the settings' schemas, before Hydra composes anything
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    num = hydra_cfg.job.num if multirun else None
-    first = rank_zero_only.rank == 0  # under torchrun, one process clears and reports
-    with ExitStack() as held:
-        if multirun:
-            # One process at a time per job. A rerun of the same sweep command lands in the same folders: an
-            # interrupted job goes on from its checkpoint, a finished one is kept, the rest run (again).
-            lock = claim(run_dir, num, rank_zero_only.rank)
-            if lock is None:
-                return
-            held.callback(lock.release)
-        try:
-            settings = from_config(cfg)
-        except ConfigError as e:  # refused settings: the run's summary says so, as any failure's does
-            if multirun:
-                refuse_job(run_dir, num, e, clear=first)
-                return
-            RunRecord.failed(run_dir, e)
-            sys.exit(exit_line(e))
-        resume = settings.run.resume is not None
-        if multirun:
-            resume = (point := resume_point(run_dir, settings)) is not None
-            if resume:
-                log.info(f"job {num}: resuming its interrupted attempt from {point}")
-            elif skip_or_clear(run_dir, settings, num, first):
-                return
-        try:
-            summary = run(settings, run_dir, resume=resume)
-        except RunInterrupted as e:
-            report_interrupted(e)
-            stopping.pass_on(e.signum)  # submitit's handler, where it ran us: it requeues the job and exits
-            raise  # and the sweep stops here
-        except Exception as e:
-            if multirun:  # one job's failure is a row of the sweep report (its summary.json says failed)
-                report_failure(e, f"job {num}")
-                return
-            if isinstance(e, USER_ERRORS):
+    num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
+    # under torchrun, every rank walks the same jobs; rank 0 clears and reports
+    with open_job(cfg, Path(hydra_cfg.runtime.output_dir), num, rank_zero_only.rank) as job:
+        if job.pending:
+            try:
+                job.run()
+            except USER_ERRORS as e:  # a lone run's (a sweep job's failure is its summary, a row of the report)
                 sys.exit(exit_line(e))  # exit status 1, the message alone on stderr
-            raise
-    if first:  # under DDP, once
-        log.info(summary.end_line(Path(settings.run.runs_dir)))
+        job.end()
 
 
 def name_the_sweep(argv: list[str]) -> None:
@@ -96,7 +50,7 @@ def name_the_sweep(argv: list[str]) -> None:
     if {"-m", "--multirun"} & set(argv) and not named:
         # beside the other overrides: argparse takes them as one run of positional arguments
         at = max((i + 1 for i, a in enumerate(argv) if a in overrides), default=len(argv))
-        argv.insert(at, f"sweep_name='{sweep_name(task)}'")
+        argv.insert(at, f"sweep_name='{folder_name(sweep=task)}'")
 
 
 def resume_command(argv: list[str]) -> list[str]:
@@ -227,17 +181,19 @@ def trainer_arguments(argv: list[str]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """The command line (argv as sys.argv): ends in SystemExit with the one-line error or the exit status where it
+    does not succeed, as a user sees it (tests call it in-process)."""
     # A config that does not compose (an unknown choice, a misspelled key, a wrong type) is one line here: Hydra
     # raises it instead of printing its several lines when HYDRA_FULL_ERROR is set. A user who set it gets Hydra's own.
-    hydra_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    hydra_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        sys.argv = command_line(sys.argv)
-        name_the_sweep(sys.argv)  # by the overrides as typed, before trainer_arguments adds its ++
-        sys.argv = trainer_arguments(sys.argv)
-        sys.argv = resume_command(sys.argv)
-        check_runs_dir(sys.argv[1:])
+        argv = command_line(argv)
+        name_the_sweep(argv)  # by the overrides as typed, before trainer_arguments adds its ++
+        argv = resume_command(trainer_arguments(argv))
+        check_runs_dir(argv[1:])
+        sys.argv = argv
         main()
     except ConfigError as e:
         sys.exit(f"error: {e}")
@@ -246,7 +202,16 @@ if __name__ == "__main__":
             print("deepinit: interrupted", file=sys.stderr, flush=True)
         sys.exit(stopping.exit_status(e))  # 128 + the signal (130 Ctrl-C, 143 SIGTERM), as a shell reports it
     except Exception as e:
-        line = None if hydra_full_error else compose_error(e)
+        line = None if hydra_full_error == "1" else compose_error(e)
         if line is None:
             raise
         sys.exit(f"error: {line}")
+    finally:
+        if hydra_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = hydra_full_error
+
+
+if __name__ == "__main__":
+    cli(sys.argv)

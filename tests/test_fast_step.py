@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved
-from deepinit.train import build
+from deepinit.parts import build
 
 LOSS, ACC = "train/loss", "train/acc"  # as Lightning's own TensorBoardLogger writes them
 

@@ -127,18 +127,19 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path, m
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
+    from deepinit.lifecycle import status
     from deepinit.summary import Summary
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no process
-    for pid, status in ((gone.pid, "interrupted"), (os.getppid(), "running")):  # dead; alive (pytest's parent)
+    for pid, expected in ((gone.pid, "interrupted"), (os.getppid(), "running")):  # dead; alive (pytest's parent)
         Summary(status="running", run_dir=str(tmp_path), host=socket.gethostname(), pid=pid).write(tmp_path)
-        read = Summary.read(tmp_path)
-        assert read.status == status, pid
-        assert (status == "interrupted") == ("ended without a word" in (read.reason or "")), read.reason
+        read = status(tmp_path)
+        assert read.status == expected, pid
+        assert (expected == "interrupted") == ("ended without a word" in (read.reason or "")), read.reason
     # another host's process cannot be seen from here: still running (a sweep's job lock tells there)
     Summary(status="running", run_dir=str(tmp_path), host="elsewhere", pid=gone.pid).write(tmp_path)
-    assert Summary.read(tmp_path).status == "running"
+    assert status(tmp_path).status == "running"
 
 
 def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_path, mnist_root, uninterrupted):
@@ -162,6 +163,22 @@ def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_pa
     with open(tmp_path / "s" / "report.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
 
+
+
+def test_a_lone_job_of_the_batched_launcher_resumes_from_its_checkpoint(tmp_path, mnist_root, uninterrupted):
+    """Under hydra/launcher=batched a job that runs alone (here the sweep's only one) goes through the same job
+    protocol as under the basic launcher: stopped by SIGTERM and rerun, it goes on from its checkpoint."""
+    sweep_args = ["-m", *RUN, "seed=0", "hydra/launcher=batched", "sweep_name=b"]
+    done, job = signal_at(tmp_path, mnist_root, 300, sweep_args, signal.SIGTERM, watch="b/0_*/layer_stats.csv")
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert summary_of(job)["status"] == "interrupted"
+    again = train_cli(*sweep_args, runs_dir=tmp_path, data_root=mnist_root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = again.stdout + again.stderr
+    assert "job 0: resuming its interrupted attempt from" in log and "replacing an earlier attempt" not in log
+    summary = summary_of(job)
+    assert len(summary["resumed"]) == 1 and summary["resumed"][0]["at_step"] >= 200, summary.get("resumed")
+    assert_same_results(job, uninterrupted)  # seed 0 is the uninterrupted run's
 
 @pytest.mark.slow
 def test_submitit_requeues_a_preempted_job_which_resumes_from_its_checkpoint(tmp_path, mnist_root, uninterrupted):

@@ -131,11 +131,12 @@ def test_experiment_notebook_runs_its_grid(tmp_path, mnist_root):
 
 
 def test_sweep_names_are_readable_stable_and_bounded():
-    from deepinit.sweep import sweep_name
+    from deepinit.settings.records import folder_name
 
     where = ["runs_dir=/tmp/x", "data.root=/data", "threads=1", "force=true"]
-    assert sweep_name(["init=kaiming,xavier", "depth=10,50", *where]) == "sweep_init=kaiming,xavier_depth=10,50"
+    assert folder_name(sweep=["init=kaiming,xavier", "depth=10,50", *where]) == "sweep_init=kaiming,xavier_depth=10,50"
     long = ["init=" + ",".join(["kaiming"] * 30)]
-    assert len(sweep_name(long)) == len("sweep_") + 100 and sweep_name(long) == sweep_name(long)
-    assert sweep_name(long) != sweep_name([*long, "seed=1"])  # the hash tells apart what the prefix cuts off
-    assert "/" not in sweep_name(["+trainer.default_root_dir=/a/b"])
+    name = folder_name(sweep=long)
+    assert len(name) == len("sweep_") + 100 and name == folder_name(sweep=long)
+    assert name != folder_name(sweep=[*long, "seed=1"])  # the hash tells apart what the prefix cuts off
+    assert "/" not in folder_name(sweep=["+trainer.default_root_dir=/a/b"])

@@ -43,7 +43,7 @@ from deepinit.run_logger import RunLogger, hparams_metrics, hparams_row, shown_c
 from deepinit.settings.records import Settings
 from deepinit.settings.rules import ConfigError
 from deepinit.summary import UNFINISHED, Divergence, Metrics, Summary
-from deepinit.sweep import clear_attempt
+from deepinit.sweep import clear_attempt, running_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def refuse_job(run_dir: Path, num: int, error: ConfigError, clear: bool = True) 
     summary says failed, unless an earlier attempt left one (a rerun with a bad value of a key that does not name the
     folder), which a refusal keeps as it was. Returns the failed summary, or None where the earlier one was kept.
     clear: remove what a killed attempt left first (under torchrun, one process does)."""
-    if Summary.read(run_dir) is not None:
+    if status(run_dir, locked=True).status != "missing":
         log.error(f"job {num} refused: {error}; its earlier attempt is left as it was")
         return None
     report_failure(error, f"job {num}")
@@ -127,16 +127,45 @@ def remove_truncated_checkpoints(run_dir: Path) -> None:
             checkpoint.unlink()
 
 
+def resume_hint(run_dir: Path) -> str:
+    """How a stopped run goes on, as its reason and the console say it."""
+    return f"resume with: python scripts/train.py resume={run_dir}"
+
+
+def status(run_dir: Path, locked: bool = False) -> Summary:
+    """The run in run_dir as its files tell it: the one place that reads a run's status off the disk.
+
+    - running, reason "running in another process": some other process holds its sweep job's lock (a summary.json
+      there is an earlier attempt's);
+    - interrupted: its summary says running, but its process ended without a word (kill -9, the OOM killer); with
+      `locked` (the caller holds the job's lock) a `running` on any host died;
+    - missing: no readable summary.json (killed before its first write, or not a run's folder);
+    - else what its summary.json says (running on another host, which this one cannot see, stays running).
+    """
+    run_dir = Path(run_dir)
+    if not locked and running_elsewhere(run_dir):
+        return Summary(run_dir=str(run_dir), status="running", reason="running in another process")
+    summary = Summary.read(run_dir)
+    if summary is None:
+        return Summary(run_dir=str(run_dir), status="missing", reason="no summary.json (killed?)")
+    if summary.status == "running" and (locked or not summary.may_be_running()):
+        summary.status = "interrupted"
+        summary.reason = (f"its process ({summary.pid} on {summary.host}) ended without a word (kill -9, the OOM "
+                          f"killer?); {resume_hint(run_dir)}")  # fmt: skip
+    return summary
+
+
 def check_resume(run_dir: Path, settings: Settings, locked: bool = False) -> Summary:
     """The summary of the stopped attempt in run_dir that `settings` may go on from; else ConfigError, one line
     naming why (still running, nothing to resume, other settings: which keys). It only reads: a refused resume
     leaves the run's files as they were. locked: the caller holds the job's lock (deepinit.sweep.claim), so an
     attempt that still says `running` died."""
-    earlier = Summary.read(run_dir)  # a run whose process died reads interrupted
-    if earlier is None:
+    earlier = status(run_dir, locked)
+    if earlier.status == "missing":
         raise ConfigError(f"resume={run_dir}: nothing to resume (no readable summary.json in it)")
-    if earlier.status == "running" and earlier.host == socket.gethostname() and not locked:
-        raise ConfigError(f"resume={run_dir}: it is still running (pid {earlier.pid}); stop it first")
+    if earlier.status == "running" and earlier.host in (socket.gethostname(), None):  # None: its job's lock is held
+        where = f"pid {earlier.pid}" if earlier.pid is not None else "in another process"
+        raise ConfigError(f"resume={run_dir}: it is still running ({where}); stop it first")
     if earlier.status not in UNFINISHED:
         done = f"it {'failed' if earlier.status == 'failed' else 'finished'} ({earlier.status})"
         raise ConfigError(f"resume={run_dir}: nothing to resume: {done}; only an interrupted run resumes. To train it "
@@ -308,4 +337,4 @@ class RunRecord:
             where += f" by {signal.Signals(signum).name}"
         kept = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint (it starts over)"
         summary.status, summary.checkpoint = "interrupted", None if checkpoint is None else str(checkpoint)
-        summary.reason = f"interrupted {where}; {kept}; resume with: python scripts/train.py resume={self.run_dir}"
+        summary.reason = f"interrupted {where}; {kept}; {resume_hint(self.run_dir)}"

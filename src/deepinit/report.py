@@ -24,8 +24,8 @@ import numpy as np
 
 from deepinit import architecture_report, phase, speed_report
 from deepinit.figures import plt
+from deepinit.lifecycle import status
 from deepinit.summary import FINISHED, Summary
-from deepinit.sweep import running_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     another process is running is 'running'."""
     rows = []
     for job in sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra")):
-        if running_elsewhere(job):  # its summary.json, if any, is an earlier attempt's
-            rows.append({"job": job.name, "status": "running", "reason": "running in another process", "_dir": job})
-            continue
-        summary = Summary.read(job)
-        if summary is None:
-            rows.append({"job": job.name, "status": "missing", "reason": "no summary.json (killed?)", "_dir": job})
+        summary = status(job)
+        if not summary.started:  # missing, or running in another process: nothing of this attempt to show yet
+            rows.append({"job": job.name, "status": summary.status, "reason": summary.reason, "_dir": job})
             continue
         config, metrics, divergence = summary.config or {}, summary.metrics, summary.divergence
         rows.append(

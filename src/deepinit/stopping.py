@@ -3,7 +3,7 @@
 - SIGINT (Ctrl-C) is Lightning's: a KeyboardInterrupt wherever the run is, Lightning's graceful shutdown inside fit.
 - SIGTERM (`kill`, `timeout`, the end of a SLURM job, Kubernetes, a preemption) and submitit's preemption signal
   (SIGUSR2, or what SUBMITIT_PREEMPT_SIGNAL names) are caught here while a run lasts (`catching`, entered by
-  deepinit.train.job_scope). Inside training the run finishes the step it is in and stops before the next
+  deepinit.parts.job_scope). Inside training the run finishes the step it is in and stops before the next
   (`StopBetweenSteps`), so the checkpoint then written holds whole steps, logged and counted; anywhere else at
   once. Either way it stops as Ctrl-C stops it (`Stopped` is a KeyboardInterrupt): the interrupt checkpoint
   (deepinit.checkpoints), `interrupted` with the step and the signal, the line saying how to go on.

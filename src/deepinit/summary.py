@@ -3,7 +3,7 @@ members alike) and every reader (the sweep report, the phase diagram, a rerun's 
 
 A run's summary.json holds: status (running while it runs; then ok, diverged, interrupted, failed) and its one-line
 reason; host and pid (the process that writes it, so that a later look tells a run still going from one whose
-process died: `Summary.read` calls that one interrupted); config (the
+process died: deepinit.lifecycle.status calls that one interrupted); config (the
 essentials); run_dir; started; and, as the run gets there: settings (the whole composed config), theory (the
 verdict on its init), resumed (each resumption), steps, epochs, metrics, speed (deepinit.speed), divergence, init
 (what it used), device, training_step, hparams_metrics, checkpoint (where an interrupted run can go on from),
@@ -27,7 +27,7 @@ from deepinit.theory import Trainability
 
 STATUSES = ("running", "ok", "diverged", "interrupted", "failed")
 FINISHED = ("ok", "diverged")  # a rerun would repeat these; interrupted jobs go on, failed and missing run again
-# what a rerun goes on from: interrupted (a process that died while `running` reads so, Summary.read), and running
+# what a rerun goes on from: interrupted (a process that died while `running` reads so, lifecycle.status), and running
 # where this process cannot see the one that wrote it (another host) but holds the job's lock or was told to resume
 UNFINISHED = ("interrupted", "running")
 
@@ -150,16 +150,12 @@ class Summary:
 
     @classmethod
     def read(cls, run_dir: Path) -> Summary | None:
-        """The summary.json in run_dir, or None where there is none (or it cannot be read)."""
+        """The summary.json in run_dir as written, or None where there is none (or it cannot be read); what it says
+        of a run that may have died is deepinit.lifecycle.status's to decide."""
         try:
-            summary = cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
+            return cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        if summary.status == "running" and not summary.may_be_running():
-            summary.status = "interrupted"
-            summary.reason = (f"its process ({summary.pid} on {summary.host}) ended without a word (kill -9, the OOM "
-                              f"killer?); resume with: python scripts/train.py resume={run_dir}")  # fmt: skip
-        return summary
 
     def may_be_running(self) -> bool:
         """Whether the process that wrote `running` may still be at it: alive on this host, or on another host

@@ -19,11 +19,11 @@ from deepinit.fast_step import Graphed, fused_optimizer
 from deepinit.lifecycle import RunRecord
 from deepinit.model import MLP
 from deepinit.module import logs_now
+from deepinit.parts import layer_recorder, predict_trainability
 from deepinit.private_api import count_replayed_update
 from deepinit.settings.records import Settings
 from deepinit.speed import SpeedTracker, accuracies
 from deepinit.summary import Divergence
-from deepinit.train import layer_recorder, predict_trainability
 
 
 class Member:

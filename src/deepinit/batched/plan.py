@@ -12,7 +12,7 @@ def why_alone(settings: Settings) -> str | None:
     """Why this job cannot join a batched group, or None when it can: what the group step cannot do (deepinit.steps),
     read off the Trainer the job's own settings make (every other Trainer setting the group's Trainer follows as a
     lone one). Runs that can join share a group with the runs of an equal Settings.group_key()."""
-    from deepinit.train import job_scope
+    from deepinit.parts import job_scope
 
     if (architecture := settings.model.architecture) != "plain":
         return f"{architecture} (the stacked model is a plain MLP)"

@@ -17,11 +17,11 @@ from deepinit.batched.group import GroupModule, Member, MembersLogger
 from deepinit.batched.stacked import StackedBatches, StackedMLP
 from deepinit.data import TensorBatches
 from deepinit.lifecycle import RunRecord
+from deepinit.parts import apply_process_settings, build, job_scope
 from deepinit.progress import progress_bar
 from deepinit.settings.records import Settings
 from deepinit.speed import speed_tracker
 from deepinit.summary import Summary, write_whole
-from deepinit.train import apply_process_settings, build, job_scope
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from deepinit.settings.records import (
     Settings,
     SpeedSettings,
     StatsSettings,
-    run_name,
+    folder_name,
 )
 from deepinit.settings.rules import ConfigError, config_key
 
@@ -86,8 +86,8 @@ def register() -> None:
 
 
 def _run_name(_root_: DictConfig) -> str:
-    """A lone run's folder name (train.yaml's hydra.run.dir): records.run_name of the config being composed."""
-    return run_name(_root_)
+    """A lone run's folder name (train.yaml's hydra.run.dir): records.folder_name of the config being composed."""
+    return folder_name(_root_)
 
 
 def from_config(cfg: DictConfig) -> Settings:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,10 +247,24 @@ UNSAID = {"architecture": "plain", "optimizer": "adam", "lr": 3e-4, "batch_size"
           "max_steps": -1, "data": "MNIST", "bias": True}  # fmt: skip
 
 
-def run_name(config: Any) -> str:
-    """A lone run's folder name from its composed config (before the time stamp): init, activation, depth, width,
-    whatever essential differs from UNSAID, and the seed: `kaiming_relu_d50_w256_batchnorm_sgd_lr0.001_s0`. Read
-    from the raw values (Hydra asks before the settings are checked; a bad value is refused later, in one line)."""
+MAX_SWEEP_NAME = 100
+
+
+def folder_name(config: Any = None, sweep: Sequence[str] | None = None) -> str:
+    """The one namer of the folders runs go in. A lone run's (before its time stamp), from its composed config: init,
+    activation, depth, width, whatever essential differs from UNSAID, and the seed:
+    `kaiming_relu_d50_w256_batchnorm_sgd_lr0.001_s0`, read from the raw values (Hydra asks before the settings are
+    checked; a bad value is refused later, in one line). A sweep's, from its command-line overrides (`sweep`):
+    `sweep_init=kaiming,xavier_depth=10,50`, readable, stable (a rerun of the command finds its folder), one path
+    component, the keys that do not change results (Settings.NEUTRAL) left out. Its jobs' folders are its job number
+    and their overrides (conf/train.yaml's hydra.sweep.subdir, without Settings.UNNAMED)."""
+    if sweep is not None:
+        kept = [o for o in sweep if o.lstrip("+~").split("=")[0] not in Settings.NEUTRAL]
+        name = re.sub(r"[^\w=,.+-]", "-", "_".join(kept)) or "defaults"
+        if len(name) > MAX_SWEEP_NAME:  # keep it readable and unique: a prefix and a hash of the whole
+            name = f"{name[: MAX_SWEEP_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+        return f"sweep_{name}"
+
     optim, data, trainer = config["optim"], config["data"], config["trainer"]
     said = {
         "architecture": architecture(config["norm"], config["block"], config["alpha"]),
@@ -263,6 +279,8 @@ def run_name(config: Any) -> str:
     parts += [shown[k].format(v) for k, v in said.items() if v not in (None, -1) and v != UNSAID[k]]
     name = "_".join([*parts, f"s{config['seed']}"]).replace(" + ", "+")
     return re.sub(r"[^\w.=+-]+", "-", name)  # one path component: `residual alpha=1/sqrt_L+layernorm`
+
+
 
 
 def _flagged(flag_name: str) -> tuple[str, ...]:

@@ -4,12 +4,13 @@
 
 Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher, and its settings
 (deepinit.settings.hydra.from_config: a job whose settings are refused is a failed row, as under scripts/train.py);
-finished jobs of an earlier run are skipped (resume) as scripts/train.py skips them. The jobs left are grouped by
+each job is opened as scripts/train.py opens it (deepinit.job.open_job: claimed; skipped where it finished earlier;
+resumed, alone, where an interrupted attempt left a checkpoint). The jobs left are grouped by
 `Settings.group_key` (same shapes and loop: they differ in init and seed), each group split into chunks that fit
 the memory budget, and each chunk trained as one stacked model. Jobs that cannot be batched
 (`deepinit.batched.why_alone`: DDP, mixed precision, gradient clipping or accumulation, an optimizer that is not
-elementwise), and groups of one, run as usual, one by one. Failures follow the script's policy
-(deepinit.lifecycle.report_failure).
+elementwise), jobs that resume, and groups of one, run as usual, one by one (Job.run). Failures follow the script's
+policy (deepinit.lifecycle.report_failure).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
@@ -57,12 +58,9 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
         from deepinit.batched import memory_estimate, train_group, why_alone
-        from deepinit.lifecycle import RunInterrupted, no_room, refuse_job, report_failure, report_interrupted
-        from deepinit.settings.hydra import from_config
+        from deepinit.job import Job, open_job
+        from deepinit.lifecycle import RunInterrupted, no_room, report_failure, report_interrupted
         from deepinit.settings.rules import ConfigError
-        from deepinit.summary import Summary
-        from deepinit.sweep import claim, skip_or_clear
-        from deepinit.train import run
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -70,105 +68,75 @@ class BatchedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, batched where they share a shape")
 
-        # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them; resume as train.py does.
-        locks = []  # one process per job, as train.py: held until the launcher is done
-        summaries: dict[int, Summary] = {}  # the jobs that ran (or failed) here, by number
+        # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them, and the job opened as
+        # scripts/train.py opens it (deepinit.job): claimed, its settings built, run / resume / skip decided.
+        jobs: list[Job] = []
 
-        def prepare(cfg: DictConfig) -> dict[str, Any]:
+        def prepare(cfg: DictConfig) -> Job:
             hydra_cfg = HydraConfig.get()
-            run_dir, num = Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num
-            if (lock := claim(run_dir, num)) is None:
-                return {}
-            locks.append(lock)
-            try:
-                settings = from_config(cfg)
-            except ConfigError as e:  # a row of the report, as a lone job's refused settings are
-                if (failed := refuse_job(run_dir, num, e)) is None:
-                    return {}  # an earlier attempt's record, kept as it was
-                summaries[num] = failed
-                return {"num": num, "run_dir": run_dir}
-            if skip_or_clear(run_dir, settings, num) is not None:
-                return {}
-            return {"settings": settings, "run_dir": run_dir, "num": num}
+            job = open_job(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num)
+            jobs.append(job)
+            return job
 
         returns: list[JobReturn] = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            returns.append(
-                run_job(
-                    hydra_context=self.hydra_context,
-                    task_function=prepare,
-                    config=sweep_config,
-                    job_dir_key="hydra.sweep.dir",
-                    job_subdir_key="hydra.sweep.subdir",
+        with ExitStack() as held:
+            held.callback(lambda: [job.close() for job in jobs])  # each job's lock, held until the launcher is done
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
+                returns.append(
+                    run_job(
+                        hydra_context=self.hydra_context,
+                        task_function=prepare,
+                        config=sweep_config,
+                        job_dir_key="hydra.sweep.dir",
+                        job_subdir_key="hydra.sweep.subdir",
+                    )
                 )
-            )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        # 2. Group what is left to run; split groups to fit the memory budget.
-        prepared = [r.return_value for r in returns if r.status == JobStatus.COMPLETED and r.return_value]
-        pending = [job for job in prepared if "settings" in job]
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        alone: list[dict[str, Any]] = []
-        for job in pending:
-            try:
-                reason = why_alone(job["settings"])
-            except ConfigError as e:  # a Trainer setting Lightning rejects: the lone run says so in its one line
-                reason = str(e)
-            if reason is not None:
-                log.info(f"job {job['num']} runs alone: {reason}")
-                alone.append(job)
-            else:
-                groups[job["settings"].group_key()].append(job)
-        chunks: list[list[dict[str, Any]]] = []
-        budget = self._budget()
-        for jobs in groups.values():
-            size = max(1, min(self.max_group_size, budget // memory_estimate(jobs[0]["settings"])))
-            chunks += [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        alone += [chunk[0] for chunk in chunks if len(chunk) == 1]
-        chunks = [chunk for chunk in chunks if len(chunk) > 1]
+            # 2. Group what is left to run; split groups to fit the memory budget.
+            pending = [job for job in jobs if job.pending]
+            groups: dict[str, list[Job]] = defaultdict(list)
+            alone: list[Job] = []
+            for job in pending:
+                try:  # a resumed job goes on from its own checkpoint, which a group does not read
+                    reason = "it resumes its interrupted attempt" if job.action == "resume" else why_alone(job.settings)
+                except ConfigError as e:  # a Trainer setting Lightning rejects: the lone run says so in its one line
+                    reason = str(e)
+                if reason is not None:
+                    log.info(f"{job.name} runs alone: {reason}")
+                    alone.append(job)
+                else:
+                    groups[job.settings.group_key()].append(job)
+            chunks: list[list[Job]] = []
+            budget = self._budget()
+            for members in groups.values():
+                size = max(1, min(self.max_group_size, budget // memory_estimate(members[0].settings)))
+                chunks += [members[i : i + size] for i in range(0, len(members), size)]
+            alone += [chunk[0] for chunk in chunks if len(chunk) == 1]
+            chunks = [chunk for chunk in chunks if len(chunk) > 1]
 
-        # 3. Train: each chunk as one stacked model; the rest one by one, as the basic launcher would.
-        for chunk in chunks:
-            log.info(f"jobs {', '.join(str(j['num']) for j in chunk)}: one batched group of {len(chunk)}")
-            try:
-                results = train_group([j["settings"] for j in chunk], [j["run_dir"] for j in chunk])
-            except RunInterrupted as e:  # Ctrl-C: every member's summary says where; the sweep stops here
-                report_interrupted(e)
-                raise
-            except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
-                error = no_room(e, Path(chunk[0]["run_dir"]).parent) or e  # a full disk: the sweep's folder named
-                report_failure(error, "batched group")
-                results = [_failed(j["run_dir"], error) for j in chunk]
-            summaries.update({j["num"]: s for j, s in zip(chunk, results, strict=True)})
-        for job in alone:
-            try:
-                summaries[job["num"]] = run(job["settings"], job["run_dir"])
-            except RunInterrupted as e:
-                report_interrupted(e)
-                raise
-            except Exception as e:
-                report_failure(e, f"job {job['num']}")
-                summaries[job["num"]] = _failed(job["run_dir"], e)
-        for job in prepared:
-            line = summaries[job["num"]].end_line(Path(str(self.config.runs_dir)))
-            log.info(f"job {job['num']}: {line}")
-            with open(Path(job["run_dir"]) / f"{self.config.hydra.job.name}.log", "a") as job_log:
-                job_log.write(line + "\n")
+            # 3. Train: each chunk as one stacked model; the rest one by one, as the basic launcher would.
+            for chunk in chunks:
+                log.info(f"jobs {', '.join(str(j.num) for j in chunk)}: one batched group of {len(chunk)}")
+                try:
+                    results = train_group([j.settings for j in chunk], [j.run_dir for j in chunk])
+                except RunInterrupted as e:  # Ctrl-C: every member's summary says where; the sweep stops here
+                    report_interrupted(e)
+                    raise
+                except Exception as e:  # the group's failure is each member's row in the report, not the sweep's end
+                    error = no_room(e, chunk[0].run_dir.parent) or e  # a full disk: the sweep's folder named
+                    report_failure(error, "batched group")
+                    results = [j.failed(error) for j in chunk]
+                for job, summary in zip(chunk, results, strict=True):
+                    job.summary = summary
+            for job in alone:
+                job.run()
+            for job in jobs:
+                job.end(log_file=job.run_dir / f"{self.config.hydra.job.name}.log")
         for r in returns:
-            if r.status == JobStatus.COMPLETED and r.return_value:
-                r.return_value = summaries[r.return_value["num"]]
-        for lock in locks:
-            lock.release()
+            if r.status == JobStatus.COMPLETED and isinstance(r.return_value, Job):
+                r.return_value = r.return_value.summary
         return returns
-
-
-def _failed(run_dir: Path, error: Exception) -> Any:
-    """The job's summary after its failure: its own summary.json where it wrote one (a lone run's failure, or a
-    group member whose record was open), else the one a run's record writes for that error."""
-    from deepinit.lifecycle import RunRecord
-    from deepinit.summary import Summary
-
-    return Summary.read(run_dir) or RunRecord.failed(run_dir, error)
