@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -22,6 +23,7 @@ import torch
 from deepinit import stopping, theory
 from deepinit.init_schemes import initialize
 from deepinit.layer_stats import LayerStats
+from deepinit.lifecycle import RunRecord
 from deepinit.model import MLP
 from deepinit.module import Classifier
 from deepinit.private_api import reruns_the_script, spawns_processes
@@ -29,6 +31,7 @@ from deepinit.provision import DATASETS
 from deepinit.recorder import LayerRecorder
 from deepinit.settings.records import RunSettings, Settings
 from deepinit.settings.rules import ConfigError
+from deepinit.speed import SpeedTracker, speed_tracker
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
     if spawns_processes(launcher):
         raise ConfigError(
             "trainer.strategy=ddp_spawn (or ddp_fork, ddp_notebook) keeps a run's history in the processes it starts, "
-            "where its summary cannot read it; use trainer.strategy=ddp for one run, torchrun for a sweep (docs/sweeps.md)"
+            "where its summary cannot read it; use trainer.strategy=ddp for one run, torchrun for a sweep "
+            "(docs/sweeps.md)"
         )
     if multirun and reruns_the_script(launcher):
         raise ConfigError(
@@ -92,6 +96,29 @@ def layer_stats(settings: Settings, init_used: dict[str, Any]) -> LayerStats | N
     """The run's LayerStats callback (its recorder fed by the Trainer); None for stats=off."""
     recorder = layer_recorder(settings, init_used)
     return None if recorder is None else LayerStats(recorder)
+
+
+@dataclass
+class Parts:
+    """A run's parts (assemble): its data module, initialized model under Lightning, what init used, layer recorder
+    (None: stats=off) and learning-speed tracker (None: speed=off)."""
+
+    datamodule: L.LightningDataModule
+    module: Classifier
+    init_used: dict[str, Any]
+    recorder: LayerRecorder | None
+    speed: SpeedTracker | None
+
+
+def assemble(settings: Settings, record: RunRecord, datamodule: L.LightningDataModule | None = None) -> Parts:
+    """A run's parts, built in one order for a lone run and each member of a batched group (which share their data
+    module): its record configured (summary.json says running), data and initialized model (build), its TensorBoard
+    logger opened (record.logger), its layer recorder and learning-speed tracker."""
+    record.configure(settings)
+    datamodule, module, init_used = build(settings, datamodule)
+    record.open_logger()
+    recorder = layer_recorder(settings, init_used)
+    return Parts(datamodule, module, init_used, recorder, speed_tracker(settings.speed, datamodule.splits["val"]))
 
 
 def predict_trainability(

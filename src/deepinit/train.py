@@ -12,11 +12,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from deepinit import checkpoints, stopping
+from deepinit.layer_stats import LayerStats
 from deepinit.lifecycle import RunRecord
-from deepinit.parts import apply_process_settings, build, check_strategy, job_scope, layer_stats, predict_trainability
+from deepinit.parts import apply_process_settings, assemble, check_strategy, job_scope, predict_trainability
 from deepinit.progress import progress_bar
 from deepinit.settings.records import Settings
-from deepinit.speed import LearningSpeed, speed_tracker
+from deepinit.speed import LearningSpeed
 from deepinit.summary import Summary
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,10 @@ def run(settings: Settings, run_dir: Path, earlier: Summary | None = None) -> Su
 def _run(settings: Settings, run_dir: Path, earlier: Summary | None) -> Summary:
     with RunRecord(run_dir) as record:
         checkpoint = record.resume(earlier) if earlier is not None else None
-        record.configure(settings)
         apply_process_settings(settings.run)
-        datamodule, module, init_used = build(settings)
-        logger = record.open_logger()
-        recording = layer_stats(settings, init_used)
-        tracker = speed_tracker(settings.speed, datamodule.splits["val"])
+        parts = assemble(settings, record)
+        datamodule, module, init_used, tracker = parts.datamodule, parts.module, parts.init_used, parts.speed
+        recording = LayerStats(parts.recorder) if parts.recorder is not None else None
         speed = [LearningSpeed(tracker, settings.data.eval_batch_size)] if tracker is not None else []
         # Lightning adds its default ModelCheckpoint (the last epoch's) only where no Checkpoint callback is given,
         # and refuses any Checkpoint callback under enable_checkpointing=false (Ctrl-C then leaves none)
@@ -49,7 +48,7 @@ def _run(settings: Settings, run_dir: Path, earlier: Summary | None) -> Summary:
             saving = [ModelCheckpoint(), checkpoints.InterruptCheckpoint(run_dir), *([periodic] if periodic else [])]
         callbacks = [stopping.StopBetweenSteps(), *progress_bar(settings.trainer),
                      *([recording] if recording is not None else []), *speed, *saving]  # fmt: skip
-        trainer = settings.trainer.make(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
+        trainer = settings.trainer.make(logger=record.logger, callbacks=callbacks, default_root_dir=str(run_dir),
                                         plugins=[checkpoints.AtomicCheckpointIO()])  # fmt: skip
         record.trainer = trainer
         check_strategy(trainer, settings.multirun)

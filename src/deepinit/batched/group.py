@@ -17,36 +17,24 @@ from torch import Tensor
 from deepinit.batched.stacked import StackedMLP
 from deepinit.fast_step import Graphed, fused_optimizer
 from deepinit.lifecycle import RunRecord
-from deepinit.model import MLP
 from deepinit.module import logs_now
-from deepinit.parts import layer_recorder, predict_trainability
+from deepinit.parts import Parts, predict_trainability
 from deepinit.private_api import count_replayed_update
 from deepinit.settings.records import Settings
-from deepinit.speed import SpeedTracker, accuracies
+from deepinit.speed import accuracies
 from deepinit.summary import Divergence
 
 
 class Member:
     """One run of the group: its settings, folder, record, logger, layer statistics, learning speed and results."""
 
-    def __init__(
-        self,
-        index: int,
-        settings: Settings,
-        record: RunRecord,
-        model: MLP,
-        init_used: dict[str, Any],
-        speed: SpeedTracker | None = None,
-    ) -> None:
-        self.index, self.settings, self.record, self.model, self.init_used = index, settings, record, model, init_used
-        self.speed = speed
-        self.run_dir = record.run_dir
-        self.record.configure(settings)
-        self.logger = self.record.open_logger()
-        self.recorder = layer_recorder(settings, init_used)
-        if self.recorder is not None:
-            self.recorder.open(model, self.logger.experiment, self.run_dir)
-        self.record.summary.theory = predict_trainability(settings, model, init_used)
+    def __init__(self, index: int, settings: Settings, record: RunRecord, parts: Parts) -> None:
+        self.index, self.settings, self.record = index, settings, record
+        self.model, self.init_used, self.speed = parts.module.model, parts.init_used, parts.speed
+        self.run_dir, self.logger, self.recorder = record.run_dir, record.logger, parts.recorder
+        if self.recorder is not None:  # fed by the group's step, not by a LayerStats callback
+            self.recorder.open(self.model, self.logger.experiment, self.run_dir)
+        self.record.summary.theory = predict_trainability(settings, self.model, self.init_used)
         self.divergence: Divergence | None = None
         self.frozen: list[Tensor] = []  # its slices of the parameters, once diverged
         self.val_acc_history: list[float] = []

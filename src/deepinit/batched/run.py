@@ -17,10 +17,9 @@ from deepinit.batched.group import GroupModule, Member, MembersLogger
 from deepinit.batched.stacked import StackedBatches, StackedMLP
 from deepinit.data import TensorBatches
 from deepinit.lifecycle import RunRecord
-from deepinit.parts import apply_process_settings, build, job_scope
+from deepinit.parts import apply_process_settings, assemble, job_scope
 from deepinit.progress import progress_bar
 from deepinit.settings.records import Settings
-from deepinit.speed import speed_tracker
 from deepinit.summary import Summary, write_whole
 
 log = logging.getLogger(__name__)
@@ -49,9 +48,9 @@ def _train_group(
             datamodule = None
             for k, (own, run_dir) in enumerate(zip(settings, run_dirs, strict=True)):
                 record = records.enter_context(RunRecord(run_dir))
-                datamodule, module, init_used = build(own, datamodule)  # exactly as the lone run builds its model
-                tracker = speed_tracker(own.speed, datamodule.splits["val"])
-                members.append(Member(k, own, record, module.model, init_used, tracker))
+                parts = assemble(own, record, datamodule)  # exactly as the lone run assembles its own
+                datamodule = parts.datamodule
+                members.append(Member(k, own, record, parts))
             trainer = first.trainer.make(
                 logger=MembersLogger(members), enable_checkpointing=False,  # each member's own, at the end
                 callbacks=[stopping.StopBetweenSteps(), *progress_bar(first.trainer), *callbacks],
