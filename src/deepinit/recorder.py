@@ -78,6 +78,7 @@ class LayerRecorder:
         # (group, quantity) -> [(step, values per layer)], kept for the figures
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
         self._step: int | None = None
+        self._tag_cache: dict[tuple[str, str, int, int], list[str]] = {}
 
     # --- state: a resumed run's figures and theory span the whole run, and step 0 is not predicted again -------
     def state_dict(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class LayerRecorder:
         """Record `model`; TensorBoard summaries go to writer (None: none), the CSV and figures to out_dir."""
         self.model = model
         self.pad = max(LAYER_DIGITS, len(str(model.depth)))
+        self._tag_cache = {}
         self.writer, self.out_dir = writer, Path(out_dir)
         self._layout_written = False
         self._theory_writer: SummaryWriter | None = None
@@ -240,17 +242,19 @@ class LayerRecorder:
         offsets = np.cumsum([0] + [len(t) for t in tensors])
         scalars = []
         found_values = {}
+        rows: list[tuple[int, int, str, str, float]] = []
         for (group, quantity), a, b in zip(keys, offsets[:-1], offsets[1:], strict=True):
             per_layer = found_values[(group, quantity)] = values[a:b]
             self.history[(group, quantity)].append((step, per_layer))
             first = 0 if group in WHOLE_NETWORK else 1  # whole-network values are layer 0 in the CSV
-            for layer, value in enumerate(per_layer.tolist(), start=first):
+            tags = self._tags(group, quantity, first, int(b - a))
+            for layer, (tag, value) in enumerate(zip(tags, per_layer.tolist(), strict=True), start=first):
                 # Non-finite (or beyond float32, which TensorBoard stores): in the CSV only, not the charts.
                 if math.isfinite(value) and abs(value) < FLOAT32_MAX:
-                    scalars.append(Summary.Value(tag=self._tag(group, quantity, layer), simple_value=value))
-                if self._csv is not None:
-                    self._csv_writer.writerow([step, layer, group, quantity, value])
+                    scalars.append(Summary.Value(tag=tag, simple_value=value))
+                rows.append((step, layer, group, quantity, value))
         if self._csv is not None:
+            self._csv_writer.writerows(rows)
             self._csv.flush()
         scalars += [Summary.Value(tag=tag, simple_value=value) for tag, value in signal_view(found_values).items()]
         if self.writer is not None:
@@ -277,6 +281,14 @@ class LayerRecorder:
 
     def _tag(self, group: str, quantity: str, layer: int) -> str:
         return f"{group}/{quantity}" if group in WHOLE_NETWORK else f"{group}/{quantity}/layer_{layer:0{self.pad}d}"
+
+    def _tags(self, group: str, quantity: str, first: int, n: int) -> list[str]:
+        """The tags of a quantity's n values from layer `first` on, made once (a record writes ~1,000 of them)."""
+        key = (group, quantity, first, n)
+        tags = self._tag_cache.get(key)
+        if tags is None:
+            tags = self._tag_cache[key] = [self._tag(group, quantity, layer) for layer in range(first, first + n)]
+        return tags
 
     def _histograms(self, step: int) -> None:
         if self.writer is None:

@@ -33,15 +33,35 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+class Stacked:
+    """Tensors stacked by shape (a deep MLP has 3: first, hidden, last), once for every statistic taken of them:
+    `rows(fn)` is fn applied to each tensor, [len(tensors), ...], in as many calls as there are shapes, so the op
+    count does not grow with depth. dtype: stacked as that type (float64 for the moments: one pass, not a stack
+    and then a copy)."""
+
+    def __init__(self, tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> None:
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, t in enumerate(tensors):
+            groups[tuple(t.shape)].append(i)
+        self.order = [i for idx in groups.values() for i in idx]
+        self.parts = [_stack([tensors[i] for i in idx], dtype) for idx in groups.values()]
+
+    def rows(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        values = torch.cat([fn(part) for part in self.parts])
+        return values[torch.argsort(torch.tensor(self.order, device=values.device))]
+
+
+def _stack(tensors: list[Tensor], dtype: torch.dtype | None) -> Tensor:
+    if dtype is None or tensors[0].dtype == dtype or any(t.requires_grad for t in tensors):
+        return torch.stack(tensors).to(dtype or tensors[0].dtype)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=dtype, device=tensors[0].device)
+    return torch.stack(tensors, out=out)
+
+
 def rowwise(tensors: Sequence[Tensor], fn: Callable[[Tensor], Tensor]) -> Tensor:
     """fn applied to each tensor, returning [len(tensors), ...]: same-shaped tensors are stacked and reduced in one
     call (a deep MLP has 3 shapes: first, hidden, last), so the op count does not grow with depth."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[tuple(t.shape)].append(i)
-    order = [i for idx in groups.values() for i in idx]
-    values = torch.cat([fn(torch.stack([tensors[i] for i in idx])) for idx in groups.values()])
-    return values[torch.argsort(torch.tensor(order, device=values.device))]
+    return Stacked(tensors).rows(fn)
 
 
 def _flat(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -71,13 +91,30 @@ def _moment_rows(stacked: Tensor) -> Tensor:
     itself does, and the study wants that explosion charted up to the layer where the network really breaks."""
     t = stacked.flatten(1).double()
     mean, sqr, std = _mean_sqr_std(t)
-    return torch.stack([mean, std, sqr, (~torch.isfinite(t)).float().mean(1)], dim=1)
+    return torch.stack([mean, std, sqr, _nonfinite_fraction(t, sqr)], dim=1)
+
+
+def _nonfinite_fraction(t: Tensor, sqr: Tensor) -> Tensor:
+    """[k, n] -> [k]: the fraction of t's values that are not finite (float32, as it always was), given sqr, its
+    rows' mean squares. A row whose mean square is finite has only finite values (one inf or nan makes it inf or
+    nan): on the CPU, where asking costs no device sync, such a batch is known to have none without another pass
+    over it (isfinite is four: abs, compare, compare, and); on a GPU the count is a kernel, and asking would be a
+    sync."""
+    if t.device.type == "cpu" and bool(torch.isfinite(sqr).all()):
+        return torch.zeros(len(t), dtype=torch.float32, device=t.device)
+    return (~torch.isfinite(t)).float().mean(1)
+
+
+MOMENTS = ("mean", "std", "sqr", "nonfinite")
+
+
+def _moments(stacked: Stacked) -> dict[str, Tensor]:
+    return dict(zip(MOMENTS, stacked.rows(_moment_rows).unbind(1), strict=True))
 
 
 def moments(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
     """mean, std, mean square (the second moment the theory predicts) and the non-finite fraction."""
-    rows = rowwise(tensors, _moment_rows)
-    return dict(zip(("mean", "std", "sqr", "nonfinite"), rows.unbind(1), strict=True))
+    return _moments(Stacked(tensors, torch.float64))
 
 
 def _corr_rows(stacked: Tensor) -> Tensor:
@@ -103,32 +140,63 @@ def correlations(pre: Sequence[Tensor]) -> Tensor:
 def unit_health(pre: Sequence[Tensor], post: Sequence[Tensor], activation: str) -> dict[str, Tensor]:
     """Fraction of dead units (relu-like) or of saturated outputs (tanh, sigmoid); nothing for others."""
     record = ACTIVATIONS[activation]
-    if record.dead:  # stacked [layers, batch, units]: dead = <= 0 over the whole batch
-        return {"dead": rowwise(pre, lambda h: _of_finite(h, (h <= 0).all(dim=1).flatten(1).float().mean(1)))}
+    if record.dead:
+        stacked = Stacked(pre)
+        return {"dead": _of_finite(stacked.rows(_all_finite), stacked.rows(_dead_rows))}
     if record.saturation is not None:
-        centre, half = record.saturation
-        saturated = _flat(lambda x: _of_finite(x, ((x - centre).abs() > SATURATION * half).float().mean(1)))
-        return {"saturated": rowwise(post, saturated)}
+        return {"saturated": _saturated(post, record.saturation, rowwise(post, _all_finite))}
     return {}
 
 
-def _of_finite(stacked: Tensor, fraction: Tensor) -> Tensor:
-    """A unit fraction per layer, NaN where the layer's values overflowed: they are not dead, nor saturated, they
-    are not numbers (a diverged run's layers past the first non-finite one)."""
-    return torch.where(torch.isfinite(stacked).flatten(1).all(1), fraction, torch.nan)
+def _dead_rows(stacked: Tensor) -> Tensor:
+    """[layers, batch, units] -> [layers]: the fraction of units <= 0 over the whole batch."""
+    return (stacked <= 0).all(dim=1).flatten(1).float().mean(1)
+
+
+def _saturated(post: Sequence[Tensor], saturation: tuple[float, float], finite: Tensor) -> Tensor:
+    """The fraction of outputs beyond SATURATION of the half-range from the centre, per layer (in the outputs'
+    own dtype: x - centre rounds as there); NaN where `finite` (per layer) says a value is not a number."""
+    centre, half = saturation
+    return _of_finite(finite, rowwise(post, _flat(lambda x: ((x - centre).abs() > SATURATION * half).float().mean(1))))
+
+
+def _all_finite(stacked: Tensor) -> Tensor:
+    return torch.isfinite(stacked).flatten(1).all(1)
+
+
+def _of_finite(finite: Tensor, fraction: Tensor) -> Tensor:
+    """A unit fraction per layer, NaN where the layer's values overflowed (finite: per layer, whether all are
+    finite): they are not dead, nor saturated, they are not numbers (a diverged run's layers past the first
+    non-finite one)."""
+    return torch.where(finite, fraction, torch.nan)
 
 
 def forward_stats(
     pre: Sequence[Tensor], post: Sequence[Tensor], activation: str, normed: Sequence[Tensor] = ()
 ) -> dict[str, dict[str, Tensor]]:
     """Stats of each layer's pre-activation h (all layers; a residual network's stream), of each activation's
-    output (all but the last) and, in a normalized network, of each activation's normalized input (`normalized`)."""
-    found = {
-        "preactivations": {**moments(pre), "corr": correlations(pre)},
-        "activations": {**moments(post), **unit_health(list(normed) or pre[: len(post)], post, activation)},
-    }
+    output (all but the last) and, in a normalized network, of each activation's normalized input (`normalized`).
+
+    Each list is stacked once, in float64, for its moments, its correlations and the unit fractions: a recorded
+    step's cost is these passes over the batch's activations, and each one saved is saved at every record."""
+    pre_rows = Stacked(pre, torch.float64)
+    found = {"preactivations": {**_moments(pre_rows), "corr": pre_rows.rows(_corr_rows)}}
+    found["activations"] = _moments(Stacked(post, torch.float64))
     if normed:
-        found["normalized"] = {**moments(normed), "corr": correlations(normed)}
+        normed_rows = Stacked(normed, torch.float64)
+        found["normalized"] = {**_moments(normed_rows), "corr": normed_rows.rows(_corr_rows)}
+    # the units' fractions: of the activation's input (normalized, or h; the last layer's h has no activation); a
+    # layer's values are all finite where the moments counted no non-finite one
+    units, units_moments = pre_rows, found["preactivations"]
+    if normed:
+        units, units_moments = normed_rows, found["normalized"]
+    record = ACTIVATIONS[activation]
+    if record.dead:  # the float64 stack compares as the tensors do
+        n = len(post)
+        found["activations"]["dead"] = _of_finite(units_moments["nonfinite"][:n] == 0, units.rows(_dead_rows)[:n])
+    elif record.saturation is not None:
+        post_finite = found["activations"]["nonfinite"] == 0
+        found["activations"]["saturated"] = _saturated(post, record.saturation, post_finite)
     return found
 
 
