@@ -183,7 +183,7 @@ def trainer_arguments(argv: list[str]) -> list[str]:
 
 def cli(argv: list[str]) -> None:
     """The command line (argv as sys.argv): ends in SystemExit with the one-line error or the exit status where it
-    does not succeed, as a user sees it (tests call it in-process)."""
+    does not succeed, as a user sees it; callable in-process as well as from __main__."""
     # A config that does not compose (an unknown choice, a misspelled key, a wrong type) is one line here: Hydra
     # raises it instead of printing its several lines when HYDRA_FULL_ERROR is set. A user who set it gets Hydra's own.
     hydra_full_error = os.environ.get("HYDRA_FULL_ERROR")
