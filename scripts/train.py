@@ -33,13 +33,13 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
     # under torchrun, every rank walks the same jobs; rank 0 clears and reports
-    with open_job(cfg, Path(hydra_cfg.runtime.output_dir), num, rank_zero_only.rank) as job:
-        if job.pending:
-            try:
+    try:
+        with open_job(cfg, Path(hydra_cfg.runtime.output_dir), num, rank_zero_only.rank) as job:
+            if job.pending:
                 job.run()
-            except USER_ERRORS as e:  # a lone run's (a sweep job's failure is its summary, a row of the report)
-                sys.exit(exit_line(e))  # exit status 1, the message alone on stderr
-        job.end()
+            job.end()
+    except USER_ERRORS as e:  # a lone run's (a sweep job's failure is its summary, a row of the report)
+        sys.exit(exit_line(e))  # exit status 1, the message alone on stderr (not Hydra's "Error executing job")
 
 
 def name_the_sweep(argv: list[str]) -> None:
