@@ -49,6 +49,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         write_whole(path, buffer.getbuffer(), sync=True)
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        _as_next_epoch_start(checkpoint)
+        return checkpoint
+
+
+def _as_next_epoch_start(checkpoint: dict[str, Any]) -> None:
+    """An epoch's own checkpoint (epoch=<e>-step=<n>.ckpt, saved in on_train_epoch_end: processed one ahead of
+    completed) made the state of the next epoch's start, which Lightning resumes as it should. Lightning resumes the
+    state as saved wrongly where training is bounded by steps (trainer.max_steps, as here): it runs the finished
+    epoch's end again and then an epoch with no batches, so every later epoch number is one too high (a kill -9 just
+    after an epoch ended, resumed from that epoch's checkpoint: epoch=4-step=1500.ckpt where the uninterrupted run
+    has epoch=3; the weights and batches were right)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if loop is None:
+        return
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+    if not batches.get("is_last_batch") or epochs["current"]["processed"] != epochs["current"]["completed"] + 1:
+        return
+    for count in (epochs["total"], epochs["current"]):
+        count["completed"] = count["processed"]
+    batches["current"] = dict.fromkeys(batches["current"], 0)
+    batches["is_last_batch"] = False
+
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
     """Lightning's on-exception checkpoint, for a stopped run only (Ctrl-C, a stop signal: deepinit.stopping; a
@@ -111,3 +135,4 @@ def remove_stale(run_dir: Path) -> None:
     epochs = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: step_of(p, -1))
     for path in [*folder.glob("periodic-*.ckpt"), *folder.glob(f"*{PART}"), *epochs[:-1]]:
         path.unlink(missing_ok=True)
+
