@@ -1,11 +1,13 @@
-# make train: install into .venv (once) and run the default study; make test: install and run the suite;
-# make test-kernels: the equivalence tests under ATEN_CPU_CAPABILITY=default (CI runs both).
+# make train: install into .venv (once) and run the default study; make test: install and run the whole suite;
+# make test-quick: the suite less its tests marked slow (real runs in processes of their own, signals, sweeps, DDP),
+# for the edit loop; make test-kernels: the equivalence tests under ATEN_CPU_CAPABILITY=default (CI runs test and
+# test-kernels).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test test-kernels lint
+.PHONY: install train test test-quick test-kernels lint
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +23,9 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-quick: lint
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 # The tests that compare two code paths, again with torch's narrowest CPU kernels: a test that holds only for
 # the kernels this CPU picks (avx512, avx2) shows here on any machine.

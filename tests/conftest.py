@@ -68,6 +68,91 @@ def train_cli(
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, preexec_fn=limit)
 
 
+_TRAIN_SCRIPT = None
+
+
+def _train_script():
+    """scripts/train.py as a module, imported once (its cli() is the whole command line)."""
+    global _TRAIN_SCRIPT
+    if _TRAIN_SCRIPT is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("deepinit_train_script", REPO / "scripts" / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        # Hydra names the job (its log file train.log, hydra.job.name) after the script when the task function is
+        # __main__'s, as in `python scripts/train.py`, and after the module otherwise
+        task = module.main
+        while hasattr(task, "__wrapped__"):
+            task = task.__wrapped__
+        task.__module__ = "__main__"
+        _TRAIN_SCRIPT = module
+    return _TRAIN_SCRIPT
+
+
+def train_inprocess(*overrides: str, runs_dir: Path, data_root: Path | None = None) -> subprocess.CompletedProcess:
+    """train_cli's command in this process (scripts/train.py's cli(), no cold import of torch, Lightning and Hydra):
+    a CompletedProcess with the exit status and the stdout and stderr a user sees, a sys.exit("error: ...") message
+    on stderr as Python prints it (status 1). What the command changes in this process is put back: the environment,
+    sys.argv, the working folder, Hydra's global state, the logging set-up it configures, signal handlers and
+    warning filters (a run puts back its own: tests/test_train.py checks). For commands whose process is not what a
+    test is about: the answers to input (error lines, --cfg, --help), runs and sweeps (Hydra's basic and the batched
+    launcher run a sweep's jobs in one process in any case). train_cli for the rest: a signal, kill -9, DDP, joblib
+    or submitit, a limit on file size, the no-traceback contract of a real interpreter (a few tests keep it)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    script = _train_script()
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's -m must come before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    argv = [str(REPO / "scripts" / "train.py"), *flags, f"runs_dir={runs_dir}", *rest]
+    saved_env = os.environ.get("DEEPINIT_DATA")
+    saved_argv, saved_cwd = list(sys.argv), os.getcwd()
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+
+    def loggers() -> list[logging.Logger]:
+        named = logging.root.manager.loggerDict.values()
+        return [logging.getLogger(), *(lg for lg in named if isinstance(lg, logging.Logger))]
+
+    saved_logging = {lg: (lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers()}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    os.environ["DEEPINIT_DATA"] = str(data_root or DATA_ROOT)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                script.cli(argv)
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)  # as Python prints sys.exit("...")'s message, status 1
+                    code = 1
+                else:
+                    code = e.code or 0
+    finally:
+        if saved_env is None:
+            os.environ.pop("DEEPINIT_DATA", None)
+        else:
+            os.environ["DEEPINIT_DATA"] = saved_env
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        for signum, handler in signals.items():
+            signal.signal(signum, handler)
+        GlobalHydra.instance().clear()
+        for lg in loggers():
+            level, handlers, propagate, disabled = saved_logging.get(lg, (logging.NOTSET, [], True, False))
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()  # Hydra's train.log handler, its console handler on our buffer
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate, lg.disabled = propagate, disabled
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def init_of(name: str, **options):
     """Scheme `name`'s settings record with `options` over a test's defaults (gain from the activation, zero biases;
     LSUV's own as in its yaml): what initialize() takes."""

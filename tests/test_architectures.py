@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, read_csv, read_events, train_cli
+from conftest import compose_cfg, read_csv, read_events, train_cli, train_inprocess
 from deepinit.model import MLP
 from deepinit.train import run
 
+# the step-0 statistics, read from layer_stats.csv (no figures drawn at the end)
 STEP0 = ["depth=50", "trainer.max_steps=1", "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",
-         "speed=off"]  # fmt: skip
+         "speed=off", "stats.figures=false"]  # fmt: skip
 
 
 def profile(run_dir, group, quantity):
@@ -54,6 +55,7 @@ def test_a_residual_block_adds_its_scaled_branch_to_the_stream():
     assert torch.allclose(model(x), model.linears[3](torch.relu(h3)), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [["block=residual", "alpha=1/sqrt_L"], ["norm=layernorm"], ["norm=batchnorm"],
@@ -81,6 +83,7 @@ def test_step0_theory_of_normalized_and_residual_relu_lies_within_its_band(tmp_p
         assert q[48] - q[0] == pytest.approx(48, rel=0.1)
 
 
+@pytest.mark.slow
 def test_the_unscaled_residual_stream_doubles_every_block_within_its_spread_over_seeds(tmp_path, mnist_root):
     """alpha = 1, kaiming relu: q doubles a block (2^48 over depth 50), and a single weight draw strays from that by
     a log-normal factor whose spread grows with depth: over four seeds, the mean log ratio at layer 49 sits at the
@@ -98,6 +101,7 @@ def test_the_unscaled_residual_stream_doubles_every_block_within_its_spread_over
     assert predicted_sd / 2 < np.std(ratios, ddof=1) < 2 * predicted_sd, (ratios, predicted_sd)
 
 
+@pytest.mark.slow
 def test_batchnorm_gradients_grow_toward_the_input_whatever_the_init(tmp_path, mnist_root):
     """Yang et al. 2019: in a deep batchnorm relu network E g^2 grows by about pi / (pi - 1) a layer toward the input,
     at init; the overlay's gradient theory beside it. Measured with xavier, which in the plain MLP vanishes instead."""
@@ -121,9 +125,9 @@ def test_batchnorm_gradients_grow_toward_the_input_whatever_the_init(tmp_path, m
 def test_the_new_options_train_through_the_command_line(tmp_path, mnist_root, overrides, said):
     """Each trains, its verdict says what the theory expects of it, and its layer statistics reach the CSV and
     TensorBoard (batchnorm's normalized inputs as their own group)."""
-    done = train_cli("init=kaiming", *overrides, "depth=12", "width=64", "trainer.max_steps=20",
-                     "trainer.limit_val_batches=1", "trainer.limit_test_batches=2", "stats.every_n_steps=10",
-                     runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("init=kaiming", *overrides, "depth=12", "width=64", "trainer.max_steps=20",
+                           "trainer.limit_val_batches=1", "trainer.limit_test_batches=2", "stats.every_n_steps=10",
+                           "stats.figures=false", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("theory: ")]
     assert said in line, line
@@ -150,20 +154,22 @@ def test_the_new_options_train_through_the_command_line(tmp_path, mnist_root, ov
      (["init=lsuv", "norm=layernorm"], "init=lsuv rescales a plain MLP layer by layer")],
 )  # fmt: skip
 def test_bad_architectures_are_one_line(tmp_path, mnist_root, overrides, line):
-    done = train_cli(*overrides, runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(*overrides, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 1 and line in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
 
 
+@pytest.mark.slow
 def test_the_batched_launcher_runs_them_alone_and_says_why(tmp_path, mnist_root):
-    done = train_cli("-m", "hydra/launcher=batched", "init=kaiming,xavier", "norm=layernorm", "depth=4", "width=32",
-                     "trainer.max_steps=5", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                     runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("-m", "hydra/launcher=batched", "init=kaiming,xavier", "norm=layernorm", "depth=4",
+                           "width=32", "trainer.max_steps=5", "trainer.limit_val_batches=1",
+                           "trainer.limit_test_batches=1", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout + done.stderr
     assert "runs alone: layernorm (the stacked model is a plain MLP)" in out and "batched group" not in out
     assert len(list(tmp_path.rglob("summary.json"))) == 2
 
 
+@pytest.mark.slow
 def test_measuring_the_speed_of_a_batchnorm_run_leaves_its_training_alone(tmp_path, mnist_root):
     """The speed evaluation runs the model in eval mode: batchnorm's running statistics (what the test uses) are
     those training made, with or without speed=."""
@@ -175,13 +181,14 @@ def test_measuring_the_speed_of_a_batchnorm_run_leaves_its_training_alone(tmp_pa
     assert with_speed.metrics.test_loss == pytest.approx(without.metrics.test_loss, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_the_norm_ablation_reports_init_against_architecture(tmp_path, mnist_root):
     """experiment=norm_ablation on a corner (plain and rezero, kaiming and normal, depth 6, 30 steps, one seed): the
     plain pair trains as one batched group, the rezero pair alone; architecture.csv, report_architecture.png and
     report.md's answer, with N(0,1) weights at chance in the plain MLP and trained under ReZero."""
-    done = train_cli("-m", "experiment=norm_ablation", "architecture=plain,rezero", "init=kaiming,normal", "seed=0",
-                     "depth=6", "trainer.max_steps=30", "speed=off", runs_dir=tmp_path,
-                     data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("-m", "experiment=norm_ablation", "architecture=plain,rezero", "init=kaiming,normal",
+                           "seed=0", "depth=6", "trainer.max_steps=30", "speed=off", runs_dir=tmp_path,
+                           data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout + done.stderr
     assert "batched group of 2 runs" in out and "runs alone: residual alpha=rezero" in out
@@ -199,6 +206,7 @@ def test_the_norm_ablation_reports_init_against_architecture(tmp_path, mnist_roo
     assert "report/architecture" in read_events(sweep / "report").Tags()["images"]
 
 
+@pytest.mark.slow
 def test_a_normalized_residual_network_trains_under_ddp(tmp_path, mnist_root):
     """Two CPU processes (gloo): the batchnorm layers and ReZero's alphas are parameters DDP keeps in step; rank 0
     writes the run once."""

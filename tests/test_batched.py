@@ -45,6 +45,7 @@ def test_members_start_from_the_weights_they_get_alone(mnist_module):
         torch.testing.assert_close(stacked_out[k], model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_members_follow_their_lone_loss_trajectories(lone_and_batched):
     root, _, lone, batched = lone_and_batched
     for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):
@@ -63,6 +64,7 @@ def test_members_follow_their_lone_loss_trajectories(lone_and_batched):
         assert abs(alone["metrics"]["test_acc"] - member["metrics"]["test_acc"]) < 0.01
 
 
+@pytest.mark.slow
 def test_members_write_what_a_lone_run_writes(lone_and_batched):
     root, _, lone, batched = lone_and_batched
     for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):
@@ -88,8 +90,9 @@ def test_members_write_what_a_lone_run_writes(lone_and_batched):
                 assert member_stats[key][layer] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, layer)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mnist_root):
-    common = ["depth=50", "trainer.max_steps=30", "trainer.log_every_n_steps=1"]
+    common = ["depth=50", "trainer.max_steps=30", "trainer.log_every_n_steps=1", "stats.figures=false"]
     kaiming_cfg = compose_cfg(*common, "init=kaiming", "seed=0", data_root=mnist_root)
     normal_cfg = compose_cfg(*common, "init=normal", "seed=0", data_root=mnist_root)  # overflows in step 0
     lone_normal = run(normal_cfg, tmp_path / "lone_normal").to_json()
@@ -132,6 +135,7 @@ def graph_group_against_eager_group(tmp_path, mnist_root, accelerator: str) -> N
     fused SGD), and a diverging member is still caught at its step and frozen."""
     common = ["depth=50", "optim=sgd", "trainer.max_steps=60", "trainer.log_every_n_steps=1"]
     common += [f"trainer.accelerator={accelerator}", "stats.every_n_steps=7"]  # observed eager steps in between
+    common += ["stats.figures=false"]  # (the end's figures: test_members_write_what_a_lone_run_writes)
     members = [("kaiming", 0), ("normal", 0), ("orthogonal", 1)]  # init=normal overflows in step 0 at depth 50
     out = {}
     for fast in ("true", "false"):
@@ -153,6 +157,7 @@ def graph_group_against_eager_group(tmp_path, mnist_root, accelerator: str) -> N
     assert graph[0]["metrics"]["test_acc"] is not None
 
 
+@pytest.mark.slow
 def test_graph_group_bookkeeping_on_cpu(tmp_path, mnist_root, graphs_on_cpu):
     graph_group_against_eager_group(tmp_path, mnist_root, "cpu")
 
@@ -162,6 +167,7 @@ def test_cuda_graph_group_trains_as_the_eager_group(tmp_path, mnist_root):
     graph_group_against_eager_group(tmp_path, mnist_root, "gpu")
 
 
+@pytest.mark.slow
 def test_each_member_measures_its_learning_speed_as_it_would_alone(lone_and_batched):
     root, _, lone, batched = lone_and_batched
     for (init, _), alone, member in zip(MEMBERS, lone, batched, strict=True):

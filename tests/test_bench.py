@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow  # a process of its own: 7 cases, each trained
 def test_bench_measures_every_case_and_writes_its_tables(tmp_path, mnist_root):
     cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--device", "cpu", "--depth", "3", "--width", "16"]
     cmd += ["--steps", "5", "--warmup", "4", "--repeats", "1", "--group", "2", "--out", str(tmp_path)]

@@ -1,6 +1,7 @@
 """The command line's answers to input it cannot take: one line on stderr that names the problem and what to write
 instead, exit status 1, no traceback; and the inputs that were such answers until they were made to work (any
-lightning.Trainer argument as trainer.<argument>=, the app's --help). One process per command, as a user runs it."""
+lightning.Trainer argument as trainer.<argument>=, the app's --help). Each command through scripts/train.py's cli() in
+this process (train_inprocess), and a few as a user runs them, one process each, for the no-traceback contract."""
 
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import train_cli
+from conftest import train_cli, train_inprocess
 
 GROUPS = ("init", "optim", "data", "trainer", "stats", "speed", "checkpoint", "arm", "architecture", "experiment",
           "hydra/launcher")  # fmt: skip
@@ -37,8 +38,24 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     ids=["seed", "alpha", "trainer-key", "cfg-with-m", "unknown-flag"],
 )
 def test_bad_input_is_one_line(tmp_path, args, says):
-    line = one_error_line(train_cli(*args, "depth=3", runs_dir=tmp_path, timeout=120))
+    line = one_error_line(train_inprocess(*args, "depth=3", runs_dir=tmp_path))
     assert says in line
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["seed=-1"], "error: seed must be an integer from 0 to 4294967295 (got -1)"),  # refused in the Hydra job
+        (["init=bogus"], "error: unknown init 'bogus'; choose one of: fixup, gaussian, kaiming, "),  # composing it
+    ],
+    ids=["in-the-job", "composing"],
+)
+@pytest.mark.slow  # a cold start of torch, Lightning and Hydra each
+def test_bad_input_is_one_line_from_a_real_process(tmp_path, args, says):
+    """The contract as a user meets it: a process of its own, exit status 1, one line on stderr, no traceback (what
+    the in-process tests cannot see: anything written past Python's sys.stderr, warnings, the interpreter's exit)."""
+    line = one_error_line(train_cli(*args, "depth=3", runs_dir=tmp_path, timeout=120))
+    assert line.startswith(says)
 
 
 @pytest.fixture
@@ -60,7 +77,7 @@ def unwritable(tmp_path) -> Iterator[Path]:
 
 
 def test_a_data_root_that_cannot_be_written_is_one_line_before_any_download(tmp_path, unwritable):
-    done = train_cli("depth=3", runs_dir=tmp_path / "runs", data_root=unwritable, timeout=300)
+    done = train_inprocess("depth=3", runs_dir=tmp_path / "runs", data_root=unwritable)
     line = one_error_line(done)
     assert line.startswith(f"data error: data.root={unwritable} cannot be written (") and "data.root=<folder>" in line
     assert "Downloading" not in done.stdout and "Fetching" not in done.stdout
@@ -69,8 +86,8 @@ def test_a_data_root_that_cannot_be_written_is_one_line_before_any_download(tmp_
 def test_any_trainer_argument_is_a_trainer_key_in_a_sweep_too(tmp_path, mnist_root):
     """val_check_interval is in no config file: trainer.val_check_interval= is Hydra's add-or-override for it, and the
     sweep's folder is named by the command as typed."""
-    done = train_cli("-m", "trainer.val_check_interval=2", "depth=3", "width=16", "trainer.max_steps=3", "stats=off",
-                     runs_dir=tmp_path, data_root=mnist_root, timeout=300)  # fmt: skip
+    done = train_inprocess("-m", "trainer.val_check_interval=2", "depth=3", "width=16", "trainer.max_steps=3",
+                           "stats=off", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     (sweep,) = tmp_path.iterdir()
     assert sweep.name.startswith("sweep_trainer.val_check_interval=2_depth=3")
@@ -81,7 +98,7 @@ def test_any_trainer_argument_is_a_trainer_key_in_a_sweep_too(tmp_path, mnist_ro
 
 
 def test_cfg_with_m_and_no_command_line_sweep_prints_the_config(tmp_path):
-    done = train_cli("-m", "--cfg=job", "depth=3", runs_dir=tmp_path, timeout=120)
+    done = train_inprocess("-m", "--cfg=job", "depth=3", runs_dir=tmp_path)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr[-3000:]
     config = yaml.safe_load(done.stdout)
     assert config["depth"] == 3 and config["init"]["name"] == "kaiming"
@@ -90,7 +107,7 @@ def test_cfg_with_m_and_no_command_line_sweep_prints_the_config(tmp_path):
 def test_help_says_what_every_group_and_key_is(tmp_path):
     from deepinit.settings.records import TOP_LEVEL
 
-    done = train_cli("--help", "init=xavier", runs_dir=tmp_path, timeout=120)
+    done = train_inprocess("--help", "init=xavier", runs_dir=tmp_path)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) <= 60

@@ -63,6 +63,21 @@ FLOAT64 = {"precision": "64-true"}
 TRAJECTORY_RTOL = 1e-9
 
 
+@pytest.fixture(scope="module")
+def fast_trajectory(mnist_module):
+    """The fast step's float64 trajectory for an optim= choice, trained once: the eager runs it is compared with
+    (torch's default and fused Adam) share it."""
+    done = {}
+
+    def of(optim: str):
+        if optim not in done:
+            done[optim] = trajectory(mnist_module, optim, "depth=10", fast=True, **FLOAT64)
+        return done[optim]
+
+    return of
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optim, eager_optim",
     [
@@ -71,9 +86,9 @@ TRAJECTORY_RTOL = 1e-9
         ("optim=sgd", "optim=sgd"),
     ],
 )
-def test_fast_step_follows_the_eager_loss_trajectory(mnist_module, optim, eager_optim):
+def test_fast_step_follows_the_eager_loss_trajectory(mnist_module, fast_trajectory, optim, eager_optim):
     eager, eager_init, eager_curve = trajectory(mnist_module, optim, eager_optim, "depth=10", fast=False, **FLOAT64)
-    fast, fast_init, fast_curve = trajectory(mnist_module, optim, "depth=10", fast=True, **FLOAT64)
+    fast, fast_init, fast_curve = fast_trajectory(optim)
     assert eager.step_kind == "eager" and fast.step_kind == "fast"
     assert fast_curve.dtype == torch.float64 and next(fast.parameters()).dtype == torch.float64
     assert all(torch.equal(a, b) for a, b in zip(eager_init, fast_init, strict=True))  # same seed, same init
@@ -98,6 +113,7 @@ def test_one_float32_fast_step_updates_as_the_eager_step(mnist_module, optim):
         assert (update_eager.abs() / rounding).median() > 10  # a wrong update (lr, momentum, skipped) would show
 
 
+@pytest.mark.slow
 def test_fast_step_learning_curve_matches_the_default_eager_one(mnist_module):
     """fast=true against fast=false as a user runs them (fused against torch's default Adam), 200 steps."""
     _, _, eager_curve = trajectory(mnist_module, "depth=10", fast=False, steps=200)
@@ -108,6 +124,7 @@ def test_fast_step_learning_curve_matches_the_default_eager_one(mnist_module):
     assert eager_means[-1] < 0.4 and (fast_means - eager_means).abs().max() < 0.03
 
 
+@pytest.mark.slow
 def test_fast_step_logs_what_the_eager_step_logs(mnist_module, tmp_path):
     """The fast step logs train/* at Lightning's logging steps only: the event files hold the same steps and
     the same values as the eager step's, which logs every step (float64 training, see FLOAT64; the events hold
@@ -127,6 +144,7 @@ def test_fast_step_logs_what_the_eager_step_logs(mnist_module, tmp_path):
         torch.testing.assert_close([e.value for e in fast], [e.value for e in eager], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, step",
     [
@@ -215,6 +233,7 @@ def test_the_fast_optimizer_is_fused_and_capturable_where_it_has_the_flag(name, 
     assert fused_optimizer(partial(torch.optim.RMSprop, lr=0.1), params, capturable=False) is None
 
 
+@pytest.mark.slow
 def test_graph_path_trains_counts_and_stops_as_the_eager_step(mnist_module, graphs_on_cpu, tmp_path):
     """The CUDA-graph path's bookkeeping, on CPU (see graphs_on_cpu): replays between observed eager steps
     (LayerStats every 7 steps) and warm-up give the eager step's losses and step count, and divergence read

@@ -31,6 +31,7 @@ def hparams_data(run_dir, shown=None):
     return start, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init, depth, status", [("kaiming", 6, "ok"), ("normal", 50, "diverged")])
 def test_hparams_with_final_metrics_once(tmp_path, mnist_root, init, depth, status):
     cfg = compose_cfg(
@@ -90,17 +91,18 @@ trainer:
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_opens_on_the_keys_it_varies(tmp_path, mnist_root):
     """experiment=phase_diagram_cpu varies init.sigma_w2 and the budget trainer.max_steps: both are HParams columns,
     ticked when TensorBoard opens (here the same experiment on a grid of four tiny runs)."""
-    from conftest import train_cli
+    from conftest import train_inprocess
 
     conf = tmp_path / "conf" / "experiment"
     conf.mkdir(parents=True)
     (conf / "tiny_phase.yaml").write_text(TINY_PHASE)
     runs = tmp_path / "runs"
-    done = train_cli("-m", "experiment=tiny_phase", f"hydra.searchpath=[file://{conf.parent}]", runs_dir=runs,
-                     data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("-m", "experiment=tiny_phase", f"hydra.searchpath=[file://{conf.parent}]", runs_dir=runs,
+                           data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (sweep,) = runs.iterdir()
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())

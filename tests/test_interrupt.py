@@ -1,5 +1,7 @@
 """Ctrl-C loses nothing: a run says where it stopped, keeps a checkpoint and resumes into one continuous history;
-the same sweep started twice runs each job once. Through the real command line."""
+the same sweep started twice runs each job once. Each stopped run (and the sweep started twice) a process of its own,
+as a user's; the runs that go on from them through the command line's cli() in this process (train_inprocess).
+Slow: every test trains hundreds of steps and waits for a signal to land."""
 
 import collections
 import csv
@@ -11,8 +13,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_events, signal_at, train_cli
+from conftest import REPO, read_events, signal_at, train_inprocess
 from deepinit.run_logger import tag_of
+
+pytestmark = pytest.mark.slow
 
 ARGS = [
     "depth=10", "trainer.max_epochs=2", "trainer.limit_train_batches=200", "trainer.limit_val_batches=2",
@@ -39,9 +43,9 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_run_resumes_as_if_never_stopped(tmp_p
     assert summary["status"] == "interrupted" and 60 <= summary["steps"] < 200 and summary["epochs"] == 0
     assert (run / "checkpoints" / "interrupted.ckpt").is_file()
 
-    resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    resumed = train_inprocess(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole = train_cli(*ARGS, runs_dir=tmp_path / "whole", data_root=mnist_root)
+    whole = train_inprocess(*ARGS, runs_dir=tmp_path / "whole", data_root=mnist_root)
     assert whole.returncode == 0, whole.stderr[-2000:]
     (uninterrupted,) = (tmp_path / "whole").iterdir()
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (run, uninterrupted))
@@ -89,7 +93,7 @@ def test_ctrl_c_stops_a_sweep_and_rerunning_it_resumes_the_interrupted_job(tmp_p
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "interrupted" and (job / "checkpoints" / "interrupted.ckpt").is_file()
 
-    again = train_cli(*args, runs_dir=tmp_path, data_root=mnist_root)
+    again = train_inprocess(*args, runs_dir=tmp_path, data_root=mnist_root)
     assert again.returncode == 0, again.stderr[-2000:]
     jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
     assert jobs[0] == job and jobs[1].name.startswith("1_") and "init=xavier" in jobs[1].name
@@ -120,7 +124,7 @@ def test_ctrl_c_stops_a_batched_group_and_every_member_says_where(tmp_path, mnis
         assert summary["reason"].startswith(f"interrupted at step {summary['steps']} (epoch 0){by}; no checkpoint")
     assert f"deepinit: interrupted at step {summary['steps']}" in output
 
-    again = train_cli(*args, runs_dir=tmp_path, data_root=mnist_root)  # the group runs again, from the start
+    again = train_inprocess(*args, runs_dir=tmp_path, data_root=mnist_root)  # the group runs again, from the start
     assert again.returncode == 0, again.stderr[-2000:]
     for run in jobs:
         summary = json.loads((run / "summary.json").read_text())

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import REPO, train_cli
+from conftest import REPO, train_cli, train_inprocess
 
 TINY = ("init=kaiming,xavier", "depth=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
 
@@ -20,12 +20,13 @@ def _summaries(runs_dir):
     return sweep, [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
 
 
-def _tiny_sweep(runs_dir, data_root, *overrides):
-    done = train_cli("-m", *overrides, *TINY, runs_dir=runs_dir, data_root=data_root)
+def _tiny_sweep(runs_dir, data_root, *overrides, command=train_cli):
+    done = command("-m", *overrides, *TINY, runs_dir=runs_dir, data_root=data_root)
     assert done.returncode == 0, done.stderr[-2000:]
     return _summaries(runs_dir)
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_jobs_at_once_without_oversubscribing(tmp_path, mnist_root):
     overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_steps=60")
     sweep, summaries = _tiny_sweep(tmp_path, mnist_root, *overrides)
@@ -49,15 +50,16 @@ def test_submitit_local_runs_a_two_job_grid(tmp_path, mnist_root):
         assert len(list(csv.DictReader(f))) == 2
 
 
+@pytest.mark.slow
 def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_root):
     """hydra/launcher=batched: 4 runs (2 inits x 2 seeds) as one stacked group; folders, summaries and report
     in the same form as Hydra's basic launcher gives them; a rerun skips them all (resume)."""
     grid = ("seed=0,1", "trainer.max_steps=40", *TINY)
-    done = train_cli("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
+    done = train_inprocess("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "one batched group of 4" in done.stdout + done.stderr
     batched, batched_summaries = _summaries(tmp_path / "batched")
-    basic, basic_summaries = _tiny_sweep(tmp_path / "basic", mnist_root, *grid[:2])
+    basic, basic_summaries = _tiny_sweep(tmp_path / "basic", mnist_root, *grid[:2], command=train_inprocess)
 
     def files(sweep):
         return sorted(re.sub(r"tfevents\..*", "tfevents", p.relative_to(sweep).as_posix()) for p in sweep.rglob("*"))
@@ -70,10 +72,11 @@ def test_batched_launcher_writes_what_the_basic_launcher_writes(tmp_path, mnist_
         assert abs(one["metrics"]["test_acc"] - other["metrics"]["test_acc"]) < 0.05  # one test batch of 1000
     with open(batched / "report.csv") as a, open(basic / "report.csv") as b:
         assert csv.DictReader(a).fieldnames == csv.DictReader(b).fieldnames
-    again = train_cli("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
+    again = train_inprocess("-m", "hydra/launcher=batched", *grid, runs_dir=tmp_path / "batched", data_root=mnist_root)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: ok in an earlier run") == 4
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_a_batched_group_in_one_line(mnist_root, full_disk):
     done = train_cli(
         "-m", "hydra/launcher=batched", "trainer.max_steps=5", "stats=off", *TINY, data_root=mnist_root, **full_disk
@@ -90,7 +93,7 @@ def test_a_full_disk_fails_a_batched_group_in_one_line(mnist_root, full_disk):
 
 
 def test_a_bad_setting_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
-    done = train_cli("-m", "hydra/launcher=batched", *TINY, "depth=1", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess("-m", "hydra/launcher=batched", *TINY, "depth=1", runs_dir=tmp_path, data_root=mnist_root)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-2000:]  # a row each, as with the basic one
     # refused settings are each job's own failure (checked before any group forms), one line each
@@ -101,19 +104,18 @@ def test_a_bad_setting_fails_a_batched_group_in_one_line(tmp_path, mnist_root):
 
 
 def test_batched_launcher_refuses_a_bad_group_size(tmp_path, mnist_root):
-    done = train_cli(
+    done = train_inprocess(
         "-m", "hydra/launcher=batched", "hydra.launcher.max_group_size=0", runs_dir=tmp_path, data_root=mnist_root
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "hydra.launcher.max_group_size must be an integer >= 1 (got 0)" in done.stderr
 
 
-def test_slurm_launcher_config_composes_with_its_settings():
+def test_slurm_launcher_config_composes_with_its_settings(tmp_path):
     import yaml
 
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-           "hydra.launcher.gpus_per_node=2", "--cfg", "hydra"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = train_inprocess("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2",
+                           "--cfg=hydra", runs_dir=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     launcher = yaml.safe_load(done.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
@@ -135,6 +137,7 @@ def _one_each(job):
     return summary
 
 
+@pytest.mark.slow
 def test_ddp_single_run_shards_the_data_and_writes_once(tmp_path, mnist_root):
     done = train_cli("depth=2", *DDP, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -143,6 +146,7 @@ def test_ddp_single_run_shards_the_data_and_writes_once(tmp_path, mnist_root):
     assert _one_each(run)["metrics"]["test_acc"] > 0.85
 
 
+@pytest.mark.slow
 def test_ddp_sweep_runs_under_torchrun_and_not_under_a_plain_multirun(tmp_path, mnist_root):
     env = {**os.environ, "DEEPINIT_DATA": str(mnist_root)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),

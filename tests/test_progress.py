@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import REPO, signal_at, train_cli
+from conftest import REPO, signal_at, train_inprocess
 from deepinit.progress import StepProgress, progress_bar
 from deepinit.settings.records import TrainerSettings
 
@@ -26,6 +26,7 @@ def screen(text: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
 
 
+@pytest.mark.slow
 def test_a_run_with_output_to_a_file_writes_no_carriage_return(tmp_path, mnist_root):
     runs, console = tmp_path / "runs", tmp_path / "console.txt"
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"runs_dir={runs}", *SMALL]
@@ -44,6 +45,7 @@ def test_a_run_with_output_to_a_file_writes_no_carriage_return(tmp_path, mnist_r
     assert last.startswith("deepinit: ok | test acc"), output[-2000:]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_says_what_it_restores_and_lightning_does_not_warn(tmp_path, mnist_root):
     args = ["depth=3", "width=16", "trainer.max_steps=200", "stats.every_n_steps=10", "speed=off"]
     done, run = signal_at(tmp_path, mnist_root, 20, args, signal.SIGTERM)
@@ -51,7 +53,7 @@ def test_a_resumed_run_says_what_it_restores_and_lightning_does_not_warn(tmp_pat
     last = [line for line in done.stdout.splitlines() if line.strip()][-1]  # text mode: a bar's \r ends a line too
     assert last.startswith("deepinit: interrupted at step") and "resume with:" in last
 
-    resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    resumed = train_inprocess(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     output = resumed.stdout + resumed.stderr
     assert "the weights, the optimizer state and the shuffled batches are restored" in output

@@ -94,6 +94,7 @@ def test_table_counts_agreement_and_flags_a_disagreeing_row():
     assert lines[-2].startswith("9b") and lines[-2].endswith("NO")
 
 
+@pytest.mark.slow
 def test_script_writes_the_table_and_figures(tmp_path):
     overrides = [
         "overflow.seeds=3",

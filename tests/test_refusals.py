@@ -1,6 +1,7 @@
 """A refused command leaves everything it names as it was: resume= of a finished run, of a stopped run with other
-settings or of a run still running, and a sweep's rerun whose settings are refused. Through the real command line,
-every file of the run compared byte for byte before and after."""
+settings or of a run still running, and a sweep's rerun whose settings are refused. The runs through the real
+command line, the refused commands through its cli() in this process (train_inprocess); every file of the run
+compared byte for byte before and after."""
 
 import hashlib
 import json
@@ -10,9 +11,10 @@ import socket
 
 import pytest
 
-from conftest import signal_at, train_cli
+from conftest import signal_at, train_inprocess
 
-SMALL = ["depth=3", "width=16", "trainer.limit_val_batches=2", "stats.every_n_steps=20"]
+SMALL = ["depth=3", "width=16", "trainer.limit_val_batches=2", "stats.every_n_steps=20", "stats.figures=false"]
+pytestmark = pytest.mark.slow  # each test refuses a command on a run it trained first (one stopped by SIGTERM)
 
 
 def files_of(folder) -> dict[str, str]:
@@ -28,7 +30,7 @@ def refused(command, folder, *, runs_dir) -> str:
     """Run the command; assert it was refused in one line (exit 1, no traceback) and left folder byte-identical;
     return that line."""
     before = files_of(folder)
-    done = train_cli(*command, runs_dir=runs_dir)
+    done = train_inprocess(*command, runs_dir=runs_dir)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
@@ -48,7 +50,7 @@ def stopped_run(tmp_path_factory, mnist_root):
 
 
 def test_resume_of_a_finished_run_is_refused_and_the_run_kept(tmp_path, mnist_root):
-    done = train_cli(*SMALL, "trainer.max_steps=20", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(*SMALL, "trainer.max_steps=20", runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = tmp_path.iterdir()
     line = refused([f"resume={run}"], run, runs_dir=tmp_path / "unused")
@@ -67,18 +69,20 @@ def test_resume_with_other_settings_names_them_and_leaves_the_run_resumable(tmp_
 def test_resume_of_a_run_still_running_is_refused(tmp_path, stopped_run):
     summary_file = stopped_run / "summary.json"
     saved = summary_file.read_bytes()
-    running = {**json.loads(saved), "status": "running", "host": socket.gethostname(), "pid": os.getpid()}
-    summary_file.write_text(json.dumps(running))  # as a live process on this host leaves it
+    # as a live process on this host leaves it: pytest's parent (the refused command runs in this process, whose own
+    # pid a record names only when an earlier job in it never ended)
+    running = {**json.loads(saved), "status": "running", "host": socket.gethostname(), "pid": os.getppid()}
+    summary_file.write_text(json.dumps(running))
     try:
         line = refused([f"resume={stopped_run}"], stopped_run, runs_dir=tmp_path)
-        assert f"still running (pid {os.getpid()})" in line
+        assert f"still running (pid {os.getppid()})" in line
     finally:
         summary_file.write_bytes(saved)
 
 
 def test_resume_may_train_longer_and_ends_ok(tmp_path, stopped_run, mnist_root):
     """After the refusals the stopped run is still resumable, with a longer budget (trainer.max_steps may change)."""
-    done = train_cli(f"resume={stopped_run}", "trainer.max_steps=120", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(f"resume={stopped_run}", "trainer.max_steps=120", runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((stopped_run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 120 and summary["resumed"][0]["at_step"] >= 40
@@ -87,7 +91,7 @@ def test_resume_may_train_longer_and_ends_ok(tmp_path, stopped_run, mnist_root):
 @pytest.mark.parametrize("launcher", ["basic", "batched"])
 def test_a_sweep_rerun_with_a_refused_setting_keeps_the_finished_jobs(tmp_path, mnist_root, launcher):
     sweep = ["-m", f"hydra/launcher={launcher}", "init=kaiming,xavier", *SMALL, "trainer.max_steps=20"]
-    done = train_cli(*sweep, runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(*sweep, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     (folder,) = tmp_path.iterdir()
     jobs = sorted(p.parent for p in folder.glob("*/summary.json"))
@@ -95,7 +99,7 @@ def test_a_sweep_rerun_with_a_refused_setting_keeps_the_finished_jobs(tmp_path, 
     kept = {job: {k: v for k, v in files_of(job).items() if not k.startswith(".hydra") and k != "train.log"}
             for job in jobs}  # fmt: skip
     # threads does not name the folder (it does not change results): the rerun lands on the finished jobs
-    again = train_cli(*sweep, "threads=0", runs_dir=tmp_path, data_root=mnist_root)
+    again = train_inprocess(*sweep, "threads=0", runs_dir=tmp_path, data_root=mnist_root)
     assert "Traceback" not in again.stdout + again.stderr
     output = again.stdout + again.stderr
     assert output.count("refused: threads must be null or an integer >= 1 (got 0)") == 2, output[-2000:]

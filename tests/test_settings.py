@@ -1,12 +1,13 @@
 """The settings boundary: typed records built once from the composed config, Hydra's schemas checking every config
-file when it composes, and one line for every value a user can get wrong, through the real command line."""
+file when it composes, and one line for every value a user can get wrong, through the command line's cli() in this
+process (train_inprocess; tests/test_cli_errors.py runs the one-line contract in a process of its own)."""
 
 import json
 
 import pytest
 import torch
 
-from conftest import REPO, compose_cfg, train_cli
+from conftest import REPO, compose_cfg, train_inprocess
 
 
 def one_line(done) -> str:
@@ -38,15 +39,15 @@ def test_a_misspelled_key_in_a_config_file_fails_when_the_config_is_composed(tmp
     (conf / name).parent.mkdir(parents=True)
     (conf / name).write_text(text)
     runs = tmp_path / "runs"
-    done = train_cli(choice, f"hydra.searchpath=[file://{conf}]", runs_dir=runs, data_root=mnist_root)
+    done = train_inprocess(choice, f"hydra.searchpath=[file://{conf}]", runs_dir=runs, data_root=mnist_root)
     assert one_line(done).startswith(message)
     assert not [p for p in runs.iterdir() if p.is_dir()]  # refused before any run folder was made
 
 
 def test_a_misspelled_key_in_an_override_is_one_line(tmp_path, mnist_root):
-    done = train_cli("init=gaussian", "init.sigma_w=2", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess("init=gaussian", "init.sigma_w=2", runs_dir=tmp_path, data_root=mnist_root)
     assert one_line(done) == "error: init.sigma_w is not a setting of init gaussian; it takes: name, sigma_w2, sigma_b2"
-    done = train_cli("trainer.max_step=3", runs_dir=tmp_path, data_root=mnist_root)  # an open group: the Trainer's
+    done = train_inprocess("trainer.max_step=3", runs_dir=tmp_path, data_root=mnist_root)  # an open group: Trainer's
     assert one_line(done).startswith(
         "error: trainer.max_step is not a lightning.Trainer argument (did you mean trainer.max_steps?)"
     )
@@ -65,12 +66,12 @@ def test_a_misspelled_key_in_an_override_is_one_line(tmp_path, mnist_root):
     ],
 )
 def test_values_a_new_user_gets_wrong_are_one_line_each(tmp_path, mnist_root, override, message):
-    done = train_cli(*override.split(), "trainer.max_steps=1", runs_dir=tmp_path, data_root=mnist_root, timeout=300)
+    done = train_inprocess(*override.split(), "trainer.max_steps=1", runs_dir=tmp_path, data_root=mnist_root)
     assert one_line(done).startswith(message)
 
 
 def test_a_sweep_with_a_misspelled_key_runs_no_job(tmp_path, mnist_root):
-    done = train_cli("-m", "init=kaiming,gaussian", "init.sigma_w2=2", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess("-m", "init=kaiming,gaussian", "init.sigma_w2=2", runs_dir=tmp_path, data_root=mnist_root)
     assert one_line(done).startswith("error: init.sigma_w2 is not a setting of init kaiming")
     assert not list(tmp_path.rglob("summary.json"))  # Hydra composes every job before launching the first
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, read_events, train_cli
+from conftest import compose_cfg, read_events, train_inprocess
 from deepinit import speed_report
 from deepinit.model import MLP
 from deepinit.run_logger import tag_of
@@ -17,6 +17,7 @@ from deepinit.speed import accuracies
 from deepinit.train import run
 
 
+@pytest.mark.slow
 def test_a_run_records_the_step_it_first_reached_the_target(tmp_path, mnist_root):
     cfg = compose_cfg("depth=4", "trainer.max_steps=60", "speed.every_n_steps=20", "speed.target_acc=0.8",
                       "stats=off", "trainer.limit_val_batches=1", data_root=mnist_root)  # fmt: skip
@@ -56,17 +57,19 @@ def test_accuracies_of_a_stack_are_each_members():
      ("speed.target_acc=1.5", "speed.target_acc must be a number > 0 and <= 1 (got 1.5)")],
 )  # fmt: skip
 def test_bad_speed_settings_are_one_line(tmp_path, mnist_root, override, line):
-    done = train_cli(override, runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(override, runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 1 and line in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
 
 
+@pytest.mark.slow
 def test_the_isometry_experiment_reports_speed_against_the_predicted_spread(tmp_path, mnist_root):
     """experiment=isometry_cpu on a corner (two tanh arms, depths 4 and 12, 40 steps, two learning rates): speed.csv
     with the predicted and the step-0 measured spread, report_speed.png, report.md's correlations, and cells that
     pool only seeds (the two learning rates are two lines, not one)."""
-    done = train_cli("-m", "experiment=isometry_cpu", "arm=tanh_orthogonal,tanh_gaussian", "depth=4,12",
-                     "optim.lr=1e-3,3e-3", "trainer.max_steps=40", "speed.every_n_steps=10", "speed.target_acc=0.3",
-                     "stats.every_n_steps=40", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("-m", "experiment=isometry_cpu", "arm=tanh_orthogonal,tanh_gaussian", "depth=4,12",
+                           "optim.lr=1e-3,3e-3", "trainer.max_steps=40", "speed.every_n_steps=10",
+                           "speed.target_acc=0.3", "stats.every_n_steps=40", runs_dir=tmp_path,
+                           data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (sweep,) = tmp_path.iterdir()
     rows = list(csv.DictReader(open(sweep / "speed.csv")))

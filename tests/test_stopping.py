@@ -1,5 +1,6 @@
 """A run stopped by anyone goes on where it stopped: SIGTERM, kill -9 (with and without a checkpoint write cut short),
-a sweep stopped both ways, submitit's preemption signal. Real runs, through the command line, as subprocesses."""
+a sweep stopped both ways, submitit's preemption signal. Real runs, through the command line: each stopped one a
+process of its own, the runs that go on from it (and the uninterrupted reference) through its cli() in this process."""
 
 import collections
 import csv
@@ -15,16 +16,18 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, read_events, signal_at, train_cli, wait_for_step
+from conftest import REPO, read_events, signal_at, train_inprocess, wait_for_step
 from deepinit import checkpoints
 from deepinit.run_logger import tag_of
 
 LOSS = tag_of("train/loss")  # as TensorBoard shows it
 
-# 1,500 steps of a small MLP (about 6 s of training here), a periodic checkpoint every 100 steps
+# 1,500 steps of a small MLP (about 6 s of training here), a periodic checkpoint every 100 steps; no figures at the
+# end (half a short run's time; tests/test_layer_stats.py reads them)
 RUN = [
     "depth=3", "width=64", "trainer.max_steps=1500", "trainer.max_epochs=-1", "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=10", "stats.every_n_steps=10", "speed=off", "checkpoint.every_n_steps=100",
+    "trainer.log_every_n_steps=10", "stats.every_n_steps=10", "stats.figures=false", "speed=off",
+    "checkpoint.every_n_steps=100",
 ]  # fmt: skip
 # The resumed run repeats the uninterrupted run's arithmetic step for step (the same weights, optimizer state and
 # batches), so its results agree to rounding: the tolerance is for a different thread split of a reduction only.
@@ -46,7 +49,7 @@ def stats_steps(run):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mnist_root):
     runs = tmp_path_factory.mktemp("whole")
-    done = train_cli(*RUN, runs_dir=runs, data_root=mnist_root)
+    done = train_inprocess(*RUN, runs_dir=runs, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = runs.iterdir()
     return summary_of(run), stats_steps(run)
@@ -64,6 +67,7 @@ def assert_same_results(run, uninterrupted):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=3-step=1500.ckpt"]  # the rest pruned
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes_to_the_same_result(tmp_path, mnist_root, uninterrupted):
     step = random.Random().randint(100, 900)
     done, run = signal_at(tmp_path, mnist_root, step, RUN, signal.SIGTERM)
@@ -76,12 +80,13 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes_to_the_same_result(tmp_p
     assert summary["checkpoint"] == str(run / "checkpoints" / "interrupted.ckpt")
     assert f"resume with: python scripts/train.py resume={run}" in done.stdout + done.stderr
 
-    resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    resumed = train_inprocess(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert summary_of(run)["resumed"][0]["at_step"] == summary["steps"]
     assert_same_results(run, uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_only_the_steps_since_the_newest_checkpoint(tmp_path, mnist_root, uninterrupted):
     """Killed just after the first epoch ended (step 430), with the periodic checkpoint passed over as if there were
     none: the run goes on from the epoch's own checkpoint, which Lightning alone resumes one epoch number too high
@@ -103,7 +108,7 @@ def test_kill_9_loses_only_the_steps_since_the_newest_checkpoint(tmp_path, mnist
     later = time.time() + 5
     os.utime(cut, (later, later))
 
-    resumed = train_cli(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    resumed = train_inprocess(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {newest}" in resumed.stdout + resumed.stderr
     assert f"{cut}: damaged" in resumed.stdout + resumed.stderr
@@ -144,6 +149,7 @@ def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
     assert status(tmp_path).status == "running"
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_path, mnist_root, uninterrupted):
     sweep_args = ["-m", *RUN, "seed=0,1", "sweep_name=s"]
     done, job0 = signal_at(tmp_path, mnist_root, 300, sweep_args, signal.SIGTERM, watch="s/0_*/layer_stats.csv")
@@ -154,7 +160,7 @@ def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_pa
     assert "job 0: resuming its interrupted attempt from" in log and "replacing an earlier attempt" not in log
     assert summary_of(job0)["status"] == "ok"
 
-    last = train_cli(*sweep_args, runs_dir=tmp_path, data_root=mnist_root)
+    last = train_inprocess(*sweep_args, runs_dir=tmp_path, data_root=mnist_root)
     assert last.returncode == 0, last.stderr[-2000:]
     log = last.stdout + last.stderr
     assert "job 0 skipped: ok in an earlier run" in log and "job 1: resuming its interrupted attempt from" in log
@@ -166,7 +172,7 @@ def test_a_sweep_stopped_by_sigterm_and_by_kill_9_finishes_every_job_once(tmp_pa
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
 
 
-
+@pytest.mark.slow
 def test_a_lone_job_of_the_batched_launcher_resumes_from_its_checkpoint(tmp_path, mnist_root, uninterrupted):
     """Under hydra/launcher=batched a job that runs alone (here the sweep's only one) goes through the same job
     protocol as under the basic launcher: stopped by SIGTERM and rerun, it goes on from its checkpoint."""
@@ -174,13 +180,14 @@ def test_a_lone_job_of_the_batched_launcher_resumes_from_its_checkpoint(tmp_path
     done, job = signal_at(tmp_path, mnist_root, 300, sweep_args, signal.SIGTERM, watch="b/0_*/layer_stats.csv")
     assert done.returncode == 143, done.stderr[-2000:]
     assert summary_of(job)["status"] == "interrupted"
-    again = train_cli(*sweep_args, runs_dir=tmp_path, data_root=mnist_root)
+    again = train_inprocess(*sweep_args, runs_dir=tmp_path, data_root=mnist_root)
     assert again.returncode == 0, again.stderr[-2000:]
     log = again.stdout + again.stderr
     assert "job 0: resuming its interrupted attempt from" in log and "replacing an earlier attempt" not in log
     summary = summary_of(job)
     assert len(summary["resumed"]) == 1 and summary["resumed"][0]["at_step"] >= 200, summary.get("resumed")
     assert_same_results(job, uninterrupted)  # seed 0 is the uninterrupted run's
+
 
 @pytest.mark.slow
 def test_submitit_requeues_a_preempted_job_which_resumes_from_its_checkpoint(tmp_path, mnist_root, uninterrupted):

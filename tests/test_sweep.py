@@ -1,15 +1,20 @@
-"""A real multirun through the CLI: one sweep folder, a report with every job, failures recorded, not fatal."""
+"""A real multirun through the command line: one sweep folder, a report with every job, failures recorded, not fatal.
+Through scripts/train.py's cli() in this process (train_inprocess), where Hydra's basic launcher runs a sweep's jobs
+in any case (tests/test_stopping.py and tests/test_interrupt.py run sweeps as processes of their own)."""
 
 import csv
 import json
 import shutil
 
-from conftest import train_cli
+import pytest
+
+from conftest import train_inprocess
 from test_hparams import hparams_data
 
 
+@pytest.mark.slow
 def test_multirun_grid_report_and_failures(tmp_path, mnist_root):
-    done = train_cli(
+    done = train_inprocess(
         "-m",
         "init=kaiming,normal",
         "depth=4,50",
@@ -37,8 +42,9 @@ def test_multirun_grid_report_and_failures(tmp_path, mnist_root):
         assert start["depth"] in (4, 50) and "final/test_acc" in metrics
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_a_row_not_the_end_of_the_sweep(tmp_path, mnist_root):
-    done = train_cli(
+    done = train_inprocess(
         "-m", "depth=0,3", "trainer.max_steps=5", "trainer.limit_val_batches=0", runs_dir=tmp_path, data_root=mnist_root
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -73,11 +79,12 @@ def _jobs(sweep):
     return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
 
 
+@pytest.mark.slow
 def test_rerunning_the_command_resumes_the_sweep(tmp_path, mnist_root):
     grid = ("-m", "init=kaiming,xavier", "depth=3", "trainer.max_steps=3", "trainer.limit_val_batches=1")
 
     def sweep_once(*extra):
-        done = train_cli(*grid, *extra, runs_dir=tmp_path, data_root=mnist_root)
+        done = train_inprocess(*grid, *extra, runs_dir=tmp_path, data_root=mnist_root)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout + done.stderr
 
@@ -113,8 +120,9 @@ def test_rerunning_the_command_resumes_the_sweep(tmp_path, mnist_root):
     assert len(list((sweep / "report").glob("events.*"))) == 1  # the report replaced, not stacked
 
 
+@pytest.mark.slow
 def test_experiment_notebook_runs_its_grid(tmp_path, mnist_root):
-    done = train_cli(
+    done = train_inprocess(
         "-m", "experiment=notebook", "trainer.max_steps=1", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "stats=off", "trainer.enable_checkpointing=false",  # 314 MB a run
         runs_dir=tmp_path, data_root=mnist_root,

@@ -139,7 +139,7 @@ def test_backward_prediction_against_monte_carlo(activation):
 
 @pytest.mark.parametrize(
     "activation, scheme, per_layer",
-    [("relu", "kaiming", 5), ("relu", "orthogonal", 3), ("linear", "kaiming", 2)],
+    [("relu", "kaiming", 5), pytest.param("relu", "orthogonal", 3, marks=pytest.mark.slow), ("linear", "kaiming", 2)],
 )
 def test_finite_width_spread_against_monte_carlo(activation, scheme, per_layer):
     # docs/theory.md 1f: Var ln(m_L/m_0) ~ per_layer * L / n for square layers, one input, fresh weights.
@@ -170,6 +170,7 @@ def test_finite_width_spread_against_monte_carlo(activation, scheme, per_layer):
     assert np.mean(logs) == pytest.approx(-predicted_var / 2, abs=4 * math.sqrt(predicted_var / draws))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [["init=kaiming"], ["init=xavier"], ["init=lecun", "activation=tanh"], ["init=orthogonal", "activation=linear"]],
@@ -349,6 +350,7 @@ def measured_map_slope(activation, sigma_w2, sigma_b2, q, c, delta=0.02, width=4
     return (next_corr(hi) - next_corr(lo)) / (hi - lo)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sigma_w2, phase",
     [(1.0, "ordered"), (1.6, "ordered"), (1.9, "chaotic"), (2.5, "chaotic"), (4.0, "chaotic")],
@@ -371,6 +373,7 @@ def test_tanh_depth_scales_against_monte_carlo(sigma_w2, phase):
     assert slope == pytest.approx(d["chi_c"], rel=0.03)
 
 
+@pytest.mark.slow
 def test_relu_at_two_is_critical_and_its_correlations_approach_one_by_a_power_law():
     d = theory.depth_scales("relu", 2.0, 0.0)
     assert d["phase"] == "critical" and d["xi_c"] == math.inf

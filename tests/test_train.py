@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import compose_cfg, improved, read_events, train_cli
+from conftest import compose_cfg, improved, read_events, train_cli, train_inprocess
 from deepinit.run_logger import tag_of
 from deepinit.train import run
 
@@ -22,6 +22,7 @@ def scalars(run_dir, tag):
     return [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
 
 
+@pytest.mark.slow
 def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
     done = train_cli(
         "init=kaiming",
@@ -47,8 +48,9 @@ def test_short_real_run_trains_and_writes_its_folder(tmp_path, mnist_root):
     assert last.startswith("deepinit: ok | test acc") and "tensorboard --logdir" in last
 
 
+@pytest.mark.slow
 def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
-    done = train_cli(
+    done = train_inprocess(
         "init=normal", "depth=50", "trainer.limit_train_batches=5", runs_dir=tmp_path, data_root=mnist_root
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -83,7 +85,7 @@ def test_normal_init_diverges_cleanly(tmp_path, mnist_root):
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
-    done = train_cli(*override.split(), runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(*override.split(), runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr + done.stdout and "HYDRA_FULL_ERROR" not in done.stderr + done.stdout
     (line,) = done.stderr.strip().splitlines()
@@ -95,12 +97,13 @@ def test_corrupted_data_file_is_named_not_trained_on(tmp_path, mnist_root):
     shutil.copytree(mnist_root / "MNIST", data / "MNIST")
     images = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[: 1 << 20])
-    done = train_cli("depth=3", runs_dir=tmp_path / "runs", data_root=data)
+    done = train_inprocess("depth=3", runs_dir=tmp_path / "runs", data_root=data)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("data error: ") and str(images) in line and "re-provision" in line
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_clear_line_and_keeps_what_the_run_wrote(mnist_root, full_disk):
     done = train_cli(
         "depth=3", "stats=off", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
@@ -137,11 +140,12 @@ def test_a_run_leaves_its_process_as_it_found_it(tmp_path, mnist_root):
     assert torch.get_float32_matmul_precision() == precision != "high"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast, step_kind", [("true", "fast"), ("false", "eager")])
 def test_a_float64_run_trains(tmp_path, mnist_root, fast, step_kind):
     """float64, what a variance study reaches for to rule out rounding: the fast step's flags stay float32 (the
     fused kernels take no other) while the run's default dtype is float64."""
-    done = train_cli(
+    done = train_inprocess(
         "depth=5", "+trainer.precision=64-true", f"fast={fast}", "trainer.max_steps=100", "trainer.limit_val_batches=2",
         "trainer.log_every_n_steps=10", "stats.every_n_steps=20", runs_dir=tmp_path, data_root=mnist_root,
     )  # fmt: skip

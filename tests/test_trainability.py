@@ -1,5 +1,6 @@
 """The theory predicts which networks train: the verdict a run prints before its first step, its `theory` block,
-and the correlation map measured at step 0 against the theory's c_l. Through the real command line."""
+and the correlation map measured at step 0 against the theory's c_l. Through the command line's cli(), in this process
+(train_inprocess)."""
 
 import csv
 import json
@@ -9,12 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import read_csv, read_events, train_cli
+from conftest import read_csv, read_events, train_inprocess
 from deepinit import theory
 from deepinit.report import summarize
 
 RUN = ["init=gaussian", "init.sigma_b2=0.05", "activation=tanh", "depth=50", "trainer.max_steps=1",
-       "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_checkpointing=false"]  # fmt: skip
+       "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_checkpointing=false",
+       "stats.figures=false"]  # fmt: skip
 
 
 def step0(run_dir, group, quantity):
@@ -22,9 +24,10 @@ def step0(run_dir, group, quantity):
     return np.array([values[layer] for layer in sorted(values)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma_w2, phase", [(2.5, "chaotic"), (1.0, "ordered")])
 def test_a_run_says_what_the_theory_predicts_and_its_correlations_follow_it(tmp_path, mnist_root, sigma_w2, phase):
-    done = train_cli(*RUN, f"init.sigma_w2={sigma_w2}", runs_dir=tmp_path, data_root=mnist_root)
+    done = train_inprocess(*RUN, f"init.sigma_w2={sigma_w2}", runs_dir=tmp_path, data_root=mnist_root)
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = tmp_path.iterdir()
     theory = json.loads((run_dir / "summary.json").read_text())["theory"]
@@ -52,17 +55,19 @@ def test_a_run_says_what_the_theory_predicts_and_its_correlations_follow_it(tmp_
 
 
 def test_schemes_off_the_theory_say_what_was_assumed(tmp_path, mnist_root):
-    done = train_cli("init=orthogonal", "depth=4", "trainer.max_steps=1", "trainer.limit_val_batches=1",
-                     "trainer.limit_test_batches=1", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("init=orthogonal", "depth=4", "trainer.max_steps=1", "trainer.limit_val_batches=1",
+                           "trainer.limit_test_batches=1", "stats.figures=false", runs_dir=tmp_path,
+                           data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("theory: ")]
     assert "sigma_w^2=2 " in line and "relu: critical" in line and "assumed: orthogonal weights" in line
 
 
+@pytest.mark.slow
 def test_the_phase_diagram_experiment_reports_accuracy_against_6_xi_c(tmp_path, mnist_root):
     """experiment=phase_diagram_cpu on a 2 x 2 corner of its grid, one budget: the report's table and figure."""
-    done = train_cli("-m", "experiment=phase_diagram_cpu", "init.sigma_w2=1.0,2.25", "depth=3,40",
-                     "trainer.max_steps=60", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+    done = train_inprocess("-m", "experiment=phase_diagram_cpu", "init.sigma_w2=1.0,2.25", "depth=3,40",
+                           "trainer.max_steps=60", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "batched group of 2 runs" in done.stdout + done.stderr  # a depth's sigma_w^2 trained together
     (sweep,) = tmp_path.iterdir()
