@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from deepinit.batched import train_group
-from deepinit.parts import build, layer_stats
+from deepinit.run.parts import build, layer_stats
 from deepinit.settings.hydra import from_config, register
 from deepinit.settings.records import MATMUL_PRECISIONS, Settings
 

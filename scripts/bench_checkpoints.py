@@ -4,7 +4,7 @@
     python scripts/bench_checkpoints.py --cases 50x256 --steps 200
 
 For each case the project's training path (Lightning, the fast step, stats off) trains `--steps` steps with no
-periodic checkpoint and with one every `--every` steps (deepinit.checkpoints: AtomicCheckpointIO, the newest kept),
+periodic checkpoint and with one every `--every` steps (deepinit.run.checkpoints: AtomicCheckpointIO, the newest kept),
 in turn, `--repeats` times (machine noise hits both alike); the medians give the seconds one checkpoint adds and the
 overhead: measured at that interval, and what it comes to at the default interval (conf/checkpoint/default.yaml).
 """
@@ -24,8 +24,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from deepinit import checkpoints
-from deepinit.parts import build
+from deepinit.run import checkpoints
+from deepinit.run.parts import build
 from deepinit.settings.hydra import from_config, register
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

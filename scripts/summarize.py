@@ -2,14 +2,14 @@
 
     python scripts/summarize.py runs/sweep_experiment=depth_sweep
 
-A multirun of scripts/train.py does this by itself when it ends (deepinit.report.SweepReport).
+A multirun of scripts/train.py does this by itself when it ends (deepinit.sweep.report.SweepReport).
 """
 
 import logging
 import sys
 from pathlib import Path
 
-from deepinit.report import summarize
+from deepinit.sweep.report import summarize
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -17,12 +17,12 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from deepinit import stopping
-from deepinit.job import open_job
-from deepinit.lifecycle import USER_ERRORS, RunInterrupted, check_resume, exit_line
+from deepinit.base.rules import ConfigError
+from deepinit.run import stopping
+from deepinit.run.lifecycle import USER_ERRORS, RunInterrupted, check_resume, exit_line
 from deepinit.settings.hydra import check_runs_dir, compose_error, from_config, register
 from deepinit.settings.records import Settings, folder_name
-from deepinit.settings.rules import ConfigError
+from deepinit.sweep.job import open_job
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register()  # the settings' schemas, before Hydra composes anything
@@ -118,7 +118,7 @@ def command_line(argv: list[str]) -> list[str]:
 def split_command(argv: list[str]) -> tuple[Any, list[str], list[str]]:
     """argv as Hydra's parser reads it: its arguments, the flags (with their values) and the overrides, in their
     order. ConfigError, one line, for what the parser refuses."""
-    from deepinit.private_api import hydra_args_parser
+    from deepinit.base.private_api import hydra_args_parser
 
     parser = hydra_args_parser()
 

@@ -20,14 +20,14 @@ DATA_ROOT = Path(os.environ.get("DEEPINIT_DATA", REPO / "data"))
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The real MNIST data root, provisioned the way a user's first run would (once per machine)."""
-    from deepinit.provision import ensure_dataset
+    from deepinit.data.provision import ensure_dataset
 
     return ensure_dataset(DATA_ROOT, "MNIST")
 
 
 @pytest.fixture(scope="session")
 def mnist_module(mnist_root):
-    from deepinit.data import MNISTDataModule
+    from deepinit.data.datamodule import MNISTDataModule
 
     dm = MNISTDataModule(root=str(mnist_root), download=False)
     dm.setup("fit")
@@ -156,7 +156,7 @@ def train_inprocess(*overrides: str, runs_dir: Path, data_root: Path | None = No
 def init_of(name: str, **options):
     """Scheme `name`'s settings record with `options` over a test's defaults (gain from the activation, zero biases;
     LSUV's own as in its yaml): what initialize() takes."""
-    from deepinit.init_schemes import SCHEMES, FixedStdInit, GaussianInit, LsuvInit, init_settings
+    from deepinit.network.init_schemes import SCHEMES, FixedStdInit, GaussianInit, LsuvInit, init_settings
 
     record = SCHEMES[name].settings
     defaults = {"sigma_w2": 1.0, "sigma_b2": 0.0} if record is GaussianInit else {"gain": None, "bias_std": 0.0}
@@ -213,7 +213,7 @@ def graphs_on_cpu(monkeypatch):
     runs on the current stream, and a "captured" function is re-run on every replay, its gradients written
     afresh as a captured backward writes them. Only torch's capture itself is left to the CUDA tests."""
     import deepinit.batched.group as batched
-    import deepinit.fast_step as fast_step
+    import deepinit.training.fast_step as fast_step
 
     params: list = []
 

@@ -1,5 +1,6 @@
-"""Normalization and skip connections (deepinit.model: norm=, block=, alpha=, init=fixup): the models, their step-0
-theory against real MNIST runs, what the command line accepts and refuses, and how the batched launcher treats them."""
+"""Normalization and skip connections (deepinit.network.model: norm=, block=, alpha=, init=fixup): the models, their
+step-0 theory against real MNIST runs, what the command line accepts and refuses, and how the batched launcher treats
+them."""
 
 import csv
 import json
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, read_csv, read_events, train_cli, train_inprocess
-from deepinit.model import MLP
-from deepinit.train import run
+from deepinit.network.model import MLP
+from deepinit.run.train import run
 
 # the step-0 statistics, read from layer_stats.csv (no figures drawn at the end)
 STEP0 = ["depth=50", "trainer.max_steps=1", "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",

@@ -7,9 +7,9 @@ import torch
 
 from conftest import compose_cfg, improved, read_csv, read_events
 from deepinit.batched import StackedMLP, train_group
-from deepinit.parts import build
-from deepinit.run_logger import tag_of
-from deepinit.train import run
+from deepinit.run.logger import tag_of
+from deepinit.run.parts import build
+from deepinit.run.train import run
 
 LOSS = tag_of("train/loss")  # as TensorBoard shows it
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved
-from deepinit.parts import build
+from deepinit.run.parts import build
 
 LOSS, ACC = "train/loss", "train/acc"  # as Lightning's own TensorBoardLogger writes them
 
@@ -215,7 +215,7 @@ def test_fast_step_steps_aside_where_it_cannot_run(mnist_module, caplog, overrid
     cfg = compose_cfg("depth=3", *([override] if override else []))
     _, module, _ = build(cfg, mnist_module)
     trainer = quiet_trainer(max_steps=5, **trainer_args)
-    with caplog.at_level("INFO", logger="deepinit.module"):
+    with caplog.at_level("INFO", logger="deepinit.training.module"):
         trainer.fit(module, datamodule=mnist_module)
     assert module.step_kind == "eager" and trainer.global_step == 5
     assert f"fast step off: {why}" in caplog.text
@@ -225,7 +225,7 @@ def test_fast_step_steps_aside_where_it_cannot_run(mnist_module, caplog, overrid
 def test_the_fast_optimizer_is_fused_and_capturable_where_it_has_the_flag(name, flags):
     from functools import partial
 
-    from deepinit.fast_step import fused_optimizer
+    from deepinit.training.fast_step import fused_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer = fused_optimizer(partial(getattr(torch.optim, name), lr=0.1), iter(params), capturable=True)
@@ -240,8 +240,8 @@ def test_graph_path_trains_counts_and_stops_as_the_eager_step(mnist_module, grap
     every 7 steps stops the run at the eager step's step with its weights."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from deepinit.layer_stats import LayerStats
-    from deepinit.recorder import LayerRecorder
+    from deepinit.observe.layer_stats import LayerStats
+    from deepinit.observe.recorder import LayerRecorder
 
     curves = {}
     for fast in (False, True):

@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import compose_cfg, read_events
-from deepinit.train import run
+from deepinit.run.train import run
 
 
 def hparams_data(run_dir, shown=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import init_of
-from deepinit.activations import ACTIVATIONS
-from deepinit.init_schemes import SCHEMES, init_settings, initialize
-from deepinit.model import MLP
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.init_schemes import SCHEMES, init_settings, initialize
+from deepinit.network.model import MLP
 
 WIDTH = 384  # layers 784->384, 384->384, 384->10: square and rectangular shapes
 

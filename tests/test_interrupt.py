@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import REPO, read_events, signal_at, train_inprocess
-from deepinit.run_logger import tag_of
+from deepinit.run.logger import tag_of
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import torch
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from conftest import compose_cfg, read_csv, read_events
-from deepinit import stats
-from deepinit.activations import ACTIVATIONS
-from deepinit.parts import build
-from deepinit.recorder import OVERVIEW_CARDS, SIGNAL, signal_view
-from deepinit.train import run
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.observe import stats
+from deepinit.observe.recorder import OVERVIEW_CARDS, SIGNAL, signal_view
+from deepinit.run.parts import build
+from deepinit.run.train import run
 
 QUICK = ["trainer.limit_val_batches=0", "trainer.enable_checkpointing=true", "width=64"]
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from deepinit.activations import ACTIVATIONS
-from deepinit.model import MLP
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.model import MLP
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))

@@ -49,8 +49,8 @@ def test_runs_that_differ_in_architecture_have_different_names():
 
 
 def test_a_layer_has_the_same_tag_at_depth_50_and_100():
-    from deepinit.model import MLP
-    from deepinit.recorder import LayerRecorder
+    from deepinit.network.model import MLP
+    from deepinit.observe.recorder import LayerRecorder
     from deepinit.settings.records import StatsSettings
 
     tags = []

@@ -1,4 +1,4 @@
-"""Each private name of Lightning, TensorBoard and torch that deepinit.private_api uses, exercised for real: an
+"""Each private name of Lightning, TensorBoard and torch that deepinit.base.private_api uses, exercised for real: an
 upgrade that renames or changes one fails here, by name, before any run does."""
 
 import lightning as L
@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
-from deepinit import private_api
+from deepinit.base import private_api
 
 
 class Manual(L.LightningModule):

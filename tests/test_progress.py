@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import REPO, signal_at, train_inprocess
-from deepinit.progress import StepProgress, progress_bar
+from deepinit.run.progress import StepProgress, progress_bar
 from deepinit.settings.records import TrainerSettings
 
 SMALL = ["depth=3", "width=16", "trainer.max_steps=60"]
@@ -114,9 +114,9 @@ def test_in_a_terminal_one_bar_counts_to_the_steps_the_run_takes(capsys, limits,
 @pytest.mark.parametrize("limits, total", TOTALS)
 def test_elsewhere_a_line_every_log_every_n_steps(caplog, capsys, limits, total):
     max_steps, max_epochs, limit = limits
-    with caplog.at_level(logging.INFO, logger="deepinit.progress"):
+    with caplog.at_level(logging.INFO, logger="deepinit.run.progress"):
         fit(StepProgress(terminal=False), max_steps=max_steps, max_epochs=max_epochs, limit_train_batches=limit)
-    steps = [r.getMessage().split(" |")[0] for r in caplog.records if r.name == "deepinit.progress"]
+    steps = [r.getMessage().split(" |")[0] for r in caplog.records if r.name == "deepinit.run.progress"]
     assert steps == [f"step {n}/{total}" for n in [*range(5, total, 5), total]]
     assert "\r" not in "".join(capsys.readouterr())
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torchvision
 
-from deepinit import provision
-from deepinit.provision import DataError, ensure_dataset, verify_raw
+from deepinit.data import provision
+from deepinit.data.provision import DataError, ensure_dataset, verify_raw
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -1,9 +1,9 @@
 """The sweep report's text on hand-made runs: the trainability section judges every cell it can and says which it
 cannot and why, and a column that no run measured says why beneath its table."""
 
-from deepinit import phase
-from deepinit.report import empty_column_lines
-from deepinit.summary import Metrics, Speed, Summary
+from deepinit.results.summary import Metrics, Speed, Summary
+from deepinit.sweep import phase
+from deepinit.sweep.report import empty_column_lines
 
 MNIST = {"dataset": "MNIST", "batch_size": 128, "val_size": 5000}
 

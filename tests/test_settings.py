@@ -119,7 +119,7 @@ def test_folder_names_leave_out_what_the_settings_say():
 
 def test_every_config_file_names_its_schema():
     """Each group file carries its record's schema (a file without it would go unchecked until the run starts)."""
-    from deepinit.init_schemes import SCHEMES
+    from deepinit.network.init_schemes import SCHEMES
 
     for name in SCHEMES:
         assert f"- /schema/init/{name}@_here_" in (REPO / "conf" / "init" / f"{name}.yaml").read_text(), name

@@ -1,5 +1,5 @@
-"""Learning speed (deepinit.speed): the curve of validation accuracy, the first step at the target, in summary.json,
-TensorBoard and HParams; through the real training loop on real MNIST."""
+"""Learning speed (deepinit.observe.speed): the curve of validation accuracy, the first step at the target, in
+summary.json, TensorBoard and HParams; through the real training loop on real MNIST."""
 
 import csv
 import json
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import compose_cfg, read_events, train_inprocess
-from deepinit import speed_report
-from deepinit.model import MLP
-from deepinit.run_logger import tag_of
-from deepinit.speed import accuracies
-from deepinit.train import run
+from deepinit.network.model import MLP
+from deepinit.observe.speed import accuracies
+from deepinit.run.logger import tag_of
+from deepinit.run.train import run
+from deepinit.sweep import speed_report
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from conftest import REPO, read_events, signal_at, train_inprocess, wait_for_step
-from deepinit import checkpoints
-from deepinit.run_logger import tag_of
+from deepinit.run import checkpoints
+from deepinit.run.logger import tag_of
 
 LOSS = tag_of("train/loss")  # as TensorBoard shows it
 
@@ -90,7 +90,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes_to_the_same_result(tmp_p
 def test_kill_9_loses_only_the_steps_since_the_newest_checkpoint(tmp_path, mnist_root, uninterrupted):
     """Killed just after the first epoch ended (step 430), with the periodic checkpoint passed over as if there were
     none: the run goes on from the epoch's own checkpoint, which Lightning alone resumes one epoch number too high
-    (deepinit.checkpoints); the sweep test below resumes a killed job from its periodic checkpoint."""
+    (deepinit.run.checkpoints); the sweep test below resumes a killed job from its periodic checkpoint."""
     done, run = signal_at(tmp_path, mnist_root, 440, RUN, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL
     on_disk = json.loads((run / "summary.json").read_text())
@@ -134,8 +134,8 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path, m
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
-    from deepinit.lifecycle import status
-    from deepinit.summary import Summary
+    from deepinit.results.summary import Summary
+    from deepinit.run.lifecycle import status
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no process

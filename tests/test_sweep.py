@@ -58,7 +58,7 @@ def test_a_failing_job_is_a_row_not_the_end_of_the_sweep(tmp_path, mnist_root):
 
 
 def test_seed_repeats_aggregate_as_mean_and_spread():
-    from deepinit.report import aggregate_lines
+    from deepinit.sweep.report import aggregate_lines
 
     base = {"init": "kaiming", "activation": "relu", "depth": 50}
     rows = [

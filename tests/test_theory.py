@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import compose_cfg, init_of, read_csv
-from deepinit import stats, theory
-from deepinit.activations import ACTIVATIONS
-from deepinit.init_schemes import initialize
-from deepinit.model import MLP
-from deepinit.train import run
+from deepinit import theory
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.init_schemes import initialize
+from deepinit.network.model import MLP
+from deepinit.observe import stats
+from deepinit.run.train import run
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, improved, read_events, train_cli, train_inprocess
-from deepinit.run_logger import tag_of
-from deepinit.train import run
+from deepinit.run.logger import tag_of
+from deepinit.run.train import run
 
 
 def only_run(runs_dir):

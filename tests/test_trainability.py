@@ -12,7 +12,7 @@ import pytest
 
 from conftest import read_csv, read_events, train_inprocess
 from deepinit import theory
-from deepinit.report import summarize
+from deepinit.sweep.report import summarize
 
 RUN = ["init=gaussian", "init.sigma_b2=0.05", "activation=tanh", "depth=50", "trainer.max_steps=1",
        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_checkpointing=false",

@@ -1,4 +1,12 @@
-"""deepinit: how weight initialization shapes deep MLPs, measured against the variance theory."""
+"""deepinit: how weight initialization shapes deep MLPs, measured against the variance theory.
+
+Its layers, bottom to top (a module imports only from its own and those below it; tests/test_layers.py checks):
+base (setting rules, Lightning's private names), data, network (activations, the MLP, init schemes),
+theory, propagate (the notebook's experiments), results (summary.json), observe (layer statistics,
+recorder, learning speed, figures), settings (a run's checked settings), training (the LightningModule
+and its steps), run (one run: parts, life, stopping, checkpoints, logger, progress, folder), batched
+(same-shape runs as one stacked model), sweep (a sweep's jobs and its report).
+"""
 
 import warnings
 

@@ -4,7 +4,7 @@ A study grid is mostly runs that differ only in init scheme and seed. On a GPU o
 the device; K of them stacked as [K, out, in] weights and trained with batched matmuls fill it. Each member
 keeps everything of its own: its init (built exactly as a lone run builds it), its shuffled batches, its run
 folder with TensorBoard events, layer statistics, figures, checkpoint and summary.json, written in the same
-form as a lone run's, through the same RunRecord (deepinit.lifecycle).
+form as a lone run's, through the same RunRecord (deepinit.run.lifecycle).
 
 What a member shares with a lone run: Lightning runs both. The group is a LightningModule (GroupModule) over
 the stacked model, fitted and tested by a Trainer made from the runs' `trainer.*` settings, so epochs, step

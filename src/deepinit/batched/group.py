@@ -14,15 +14,15 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers.logger import Logger
 from torch import Tensor
 
+from deepinit.base.private_api import count_replayed_update
 from deepinit.batched.stacked import StackedMLP
-from deepinit.fast_step import Graphed, fused_optimizer
-from deepinit.lifecycle import RunRecord
-from deepinit.module import logs_now
-from deepinit.parts import Parts, predict_trainability
-from deepinit.private_api import count_replayed_update
+from deepinit.observe.speed import accuracies
+from deepinit.results.summary import Divergence
+from deepinit.run.lifecycle import RunRecord
+from deepinit.run.parts import Parts, predict_trainability
 from deepinit.settings.records import Settings
-from deepinit.speed import accuracies
-from deepinit.summary import Divergence
+from deepinit.training.fast_step import Graphed, fused_optimizer
+from deepinit.training.module import logs_now
 
 
 class Member:
@@ -211,8 +211,8 @@ class GroupModule(L.LightningModule):
         self._measure_speed()  # step 0: the initializations' accuracy
 
     def _measure_speed(self) -> None:
-        """Each live member's learning speed (deepinit.speed) where it is due: one evaluation of the stack on the
-        members' common validation images (equal settings in a group: the same images, the same steps)."""
+        """Each live member's learning speed (deepinit.observe.speed) where it is due: one evaluation of the stack on
+        the members' common validation images (equal settings in a group: the same images, the same steps)."""
         step = self.global_step
         due = [m for m in self.live if m.speed is not None and m.speed.due(step)]
         if not due:

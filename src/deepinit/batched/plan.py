@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from deepinit.model import MLP
-from deepinit.provision import DATASETS
+from deepinit.data.provision import DATASETS
+from deepinit.network.model import MLP
 from deepinit.settings.records import Settings
-from deepinit.steps import GROUP, why_not
+from deepinit.training.steps import GROUP, why_not
 
 
 def why_alone(settings: Settings) -> str | None:
-    """Why this job cannot join a batched group, or None when it can: what the group step cannot do (deepinit.steps),
-    read off the Trainer the job's own settings make (every other Trainer setting the group's Trainer follows as a
-    lone one). Runs that can join share a group with the runs of an equal Settings.group_key()."""
-    from deepinit.parts import job_scope
+    """Why this job cannot join a batched group, or None when it can: what the group step cannot do
+    (deepinit.training.steps), read off the Trainer the job's own settings make (every other Trainer setting the group's
+    Trainer follows as a lone one). Runs that can join share a group with the runs of an equal Settings.group_key()."""
+    from deepinit.run.parts import job_scope
 
     if (architecture := settings.model.architecture) != "plain":
         return f"{architecture} (the stacked model is a plain MLP)"

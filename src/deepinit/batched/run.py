@@ -12,15 +12,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from deepinit import stopping
 from deepinit.batched.group import GroupModule, Member, MembersLogger
 from deepinit.batched.stacked import StackedBatches, StackedMLP
-from deepinit.data import TensorBatches
-from deepinit.lifecycle import RunRecord
-from deepinit.parts import apply_process_settings, assemble, job_scope
-from deepinit.progress import progress_bar
+from deepinit.data.datamodule import TensorBatches
+from deepinit.results.summary import Summary, write_whole
+from deepinit.run import stopping
+from deepinit.run.lifecycle import RunRecord
+from deepinit.run.parts import apply_process_settings, assemble, job_scope
+from deepinit.run.progress import progress_bar
 from deepinit.settings.records import Settings
-from deepinit.summary import Summary, write_whole
 
 log = logging.getLogger(__name__)
 

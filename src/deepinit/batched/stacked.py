@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from deepinit.activations import ACTIVATIONS
-from deepinit.data import TensorBatches
-from deepinit.model import MLP
+from deepinit.data.datamodule import TensorBatches
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.model import MLP
 
 
 class StackedMLP(nn.Module):

@@ -27,7 +27,8 @@ from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from deepinit.init_schemes import SCHEMES
+from deepinit.base.rules import ConfigError, config_key
+from deepinit.network.init_schemes import SCHEMES
 from deepinit.settings.records import (
     TOP_LEVEL,
     CheckpointSettings,
@@ -37,7 +38,6 @@ from deepinit.settings.records import (
     StatsSettings,
     folder_name,
 )
-from deepinit.settings.rules import ConfigError, config_key
 
 SCHEMA = "schema"  # the ConfigStore group of the schemas (conf/ has no folder of that name)
 # schema class -> (the record it mirrors: its fields' rules and keys; what the error line calls it)

@@ -1,6 +1,6 @@
 """What a run is, as frozen records built once from the composed config: the model, its init (the scheme's own
-record, deepinit.init_schemes), the data, the layer statistics, the learning-speed measurement, the optimizer and
-the Trainer, and the run-level settings. Every range check is here (each record's fields carry their rule);
+record, deepinit.network.init_schemes), the data, the layer statistics, the learning-speed measurement, the optimizer
+and the Trainer, and the run-level settings. Every range check is here (each record's fields carry their rule);
 everything below takes these records.
 
 `Settings.from_dict(config)` builds them from the composed config as plain data (deepinit.settings.hydra turns
@@ -23,11 +23,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from deepinit.activations import ACTIVATIONS
-from deepinit.init_schemes import SCHEMES, InitSettings, init_settings
-from deepinit.model import ALPHAS, BLOCKS, NORMS, architecture
-from deepinit.provision import DATASETS
-from deepinit.settings.rules import (
+from deepinit.base.rules import (
     Checked,
     ConfigError,
     Rule,
@@ -40,7 +36,11 @@ from deepinit.settings.rules import (
     setting,
     text,
 )
-from deepinit.stats import GROUPS
+from deepinit.data.provision import DATASETS
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.init_schemes import SCHEMES, InitSettings, init_settings
+from deepinit.network.model import ALPHAS, BLOCKS, NORMS, architecture
+from deepinit.observe.stats import GROUPS
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
 
@@ -53,7 +53,7 @@ class ModelSettings(Checked):
     bias: bool = setting(flag())
     norm: str = setting(one_of(NORMS))  # before each hidden activation: Linear -> norm -> activation
     block: str = setting(one_of(BLOCKS))
-    alpha: Any = setting(  # a residual branch's multiplier (deepinit.model)
+    alpha: Any = setting(  # a residual branch's multiplier (deepinit.network.model)
         Rule(f"a number or one of: {', '.join(ALPHAS)}", lambda v: v in ALPHAS or number().ok(v), ALPHAS)
     )
 
@@ -119,7 +119,7 @@ class DataSettings(Checked):
 
 @dataclass(frozen=True)
 class StatsSettings(Checked):
-    """The layer statistics (deepinit.recorder.LayerRecorder); enabled false: none at all."""
+    """The layer statistics (deepinit.observe.recorder.LayerRecorder); enabled false: none at all."""
 
     PREFIX = "stats"
     enabled: bool = setting(flag())
@@ -134,7 +134,7 @@ class StatsSettings(Checked):
 
 @dataclass(frozen=True)
 class SpeedSettings(Checked):
-    """How fast the run learns (deepinit.speed): accuracy on the first `samples` validation images every
+    """How fast the run learns (deepinit.observe.speed): accuracy on the first `samples` validation images every
     `every_n_steps` steps, and the first step at `target_acc`; enabled false: not measured."""
 
     PREFIX = "speed"
@@ -151,7 +151,7 @@ class SpeedSettings(Checked):
 
 @dataclass(frozen=True)
 class CheckpointSettings(Checked):
-    """Periodic checkpoints (deepinit.checkpoints), besides the stopped run's and the last epoch's: a kill with no
+    """Periodic checkpoints (deepinit.run.checkpoints), besides the stopped run's and the last epoch's: a kill with no
     warning loses at most this much training; every_n_steps, where set, instead of every_minutes; both null: none.
     They do not change results (a resumed run ends as the uninterrupted one)."""
 

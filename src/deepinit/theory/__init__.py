@@ -11,8 +11,7 @@ gradient of the logits (the theory does not predict the loss's own gradient).
 - profile.py: the layer-by-layer prediction with its finite-width band, sigma_w^2 per scheme, the Jacobian spectrum;
 - depth_scales.py: fixed points, the correlation map, chi_1, xi_q, xi_c, the phase, the edge of chaos;
 - verdict.py: a run's verdict before its first step (Trainability: depth scales and the Jacobian's conditioning)
-  and the line it prints;
-- overlay.py: the theory at step 0 next to what a run's layer statistics measured.
+  and the line it prints.
 """
 
 from deepinit.theory.depth_scales import (

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from deepinit.activations import ACTIVATIONS
+from deepinit.network.activations import ACTIVATIONS
 from deepinit.theory.moments import derivative_second_moment, pair_expect, second_moment
 
 TRAINABLE_XI = 6  # Schoenholz et al.: with a fixed SGD budget a network of depth L trains where L < 6 xi_c

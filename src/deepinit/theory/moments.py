@@ -1,6 +1,6 @@
 """Expectations over a Gaussian pre-activation h = sqrt(q) z, z ~ N(0, 1), that every prediction is built from:
 V(q) = E phi(h)^2, E phi(h), E phi'(h)^2, the fourth-moment ratio, and pairs of inputs at correlation c. Closed forms
-come from the activation's record (deepinit.activations), quadrature does the rest.
+come from the activation's record (deepinit.network.activations), quadrature does the rest.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deepinit.activations import ACTIVATIONS
+from deepinit.network.activations import ACTIVATIONS
 
 # Gauss-Hermite (probabilists') nodes and weights: E f(z), z ~ N(0,1) = sum w_i f(x_i) / sqrt(2 pi). An even
 # count keeps a node off z = 0, where selu's and relu's derivatives jump (an odd count put its largest weight

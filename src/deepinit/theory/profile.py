@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from deepinit.init_schemes import SCHEMES, bias_variance
-from deepinit.model import alpha_value
+from deepinit.network.init_schemes import SCHEMES, bias_variance
+from deepinit.network.model import alpha_value
 from deepinit.theory.moments import (
     derivative_second_moment,
     derivative_spread,
@@ -172,7 +172,8 @@ def batchnorm_gradient_rate(activation: str) -> float:
 def predict_model(
     model, scheme: str, gain: float, std: float | None = None, input_sqr: float = 1.0, bias_std: float | None = 0.0
 ) -> tuple[Prediction, str]:
-    """Prediction for an initialized `deepinit.model.MLP`; returns it with a note on where sigma_w^2 came from."""
+    """Prediction for an initialized `deepinit.network.model.MLP`; returns it with a note on where sigma_w^2 came
+    from."""
     shapes = [(lin.in_features, lin.out_features) for lin in model.linears]
     from_formula = [scheme_sigma_w2(scheme, fan_in, fan_out, gain, std) for fan_in, fan_out in shapes]
     if all(s is not None for s in from_formula):

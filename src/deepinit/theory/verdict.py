@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepinit.init_schemes import SCHEMES, bias_variance
+from deepinit.network.init_schemes import SCHEMES, bias_variance
 from deepinit.theory.depth_scales import Q_UNBOUNDED, depth_scales
 from deepinit.theory.moments import derivative_spread
 from deepinit.theory.profile import Prediction, isometry, measured_sigma_w2, predict_model, scheme_sigma_w2
@@ -45,7 +45,8 @@ class Trainability:
     spread_per_layer: float
     isometric: bool
     assumed: list[str]
-    # beyond the plain MLP (deepinit.model): what the step-0 theory expects of the architecture, in words (None: plain)
+    # beyond the plain MLP (deepinit.network.model): what the step-0 theory expects of the architecture, in words (None:
+    # plain)
     architecture: str = "plain"
     expectation: str | None = None
 
@@ -53,7 +54,7 @@ class Trainability:
 def trainability(
     model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0
 ) -> Trainability:
-    """depth_scales at the (sigma_w^2, sigma_b^2) of an initialized `deepinit.model.MLP`'s hidden layers, with
+    """depth_scales at the (sigma_w^2, sigma_b^2) of an initialized `deepinit.network.model.MLP`'s hidden layers, with
     the network's depth against them and what was assumed."""
     linears = model.linears
     hidden = [lin for lin in linears[1:-1] if lin.in_features == lin.out_features] or [linears[0]]

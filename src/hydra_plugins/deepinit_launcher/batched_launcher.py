@@ -4,13 +4,13 @@
 
 Every job gets its folder, .hydra/ and log exactly as under Hydra's basic launcher, and its settings
 (deepinit.settings.hydra.from_config: a job whose settings are refused is a failed row, as under scripts/train.py);
-each job is opened as scripts/train.py opens it (deepinit.job.open_job: claimed; skipped where it finished earlier;
-resumed, alone, where an interrupted attempt left a checkpoint). The jobs left are grouped by
+each job is opened as scripts/train.py opens it (deepinit.sweep.job.open_job: claimed; skipped where it finished
+earlier; resumed, alone, where an interrupted attempt left a checkpoint). The jobs left are grouped by
 `Settings.group_key` (same shapes and loop: they differ in init and seed), each group split into chunks that fit
 the memory budget, and each chunk trained as one stacked model. Jobs that cannot be batched
 (`deepinit.batched.why_alone`: DDP, mixed precision, gradient clipping or accumulation, an optimizer that is not
 elementwise), jobs that resume, and groups of one, run as usual, one by one (Job.run). Failures follow the script's
-policy (deepinit.lifecycle.report_failure).
+policy (deepinit.run.lifecycle.report_failure).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # imported here: Hydra imports every plugin module at start-up, in every app, batched or not
+        from deepinit.base.rules import ConfigError
         from deepinit.batched import memory_estimate, train_group, why_alone
-        from deepinit.job import Job, open_job
-        from deepinit.lifecycle import RunInterrupted, no_room, report_failure, report_interrupted
-        from deepinit.settings.rules import ConfigError
+        from deepinit.run.lifecycle import RunInterrupted, no_room, report_failure, report_interrupted
+        from deepinit.sweep.job import Job, open_job
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -69,7 +69,7 @@ class BatchedLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs, batched where they share a shape")
 
         # 1. Each job's folder, .hydra/ and log, as Hydra's basic launcher makes them, and the job opened as
-        # scripts/train.py opens it (deepinit.job): claimed, its settings built, run / resume / skip decided.
+        # scripts/train.py opens it (deepinit.sweep.job): claimed, its settings built, run / resume / skip decided.
         jobs: list[Job] = []
 
         def prepare(cfg: DictConfig) -> Job:

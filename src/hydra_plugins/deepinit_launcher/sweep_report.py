@@ -1,5 +1,5 @@
-"""The Hydra callback that writes a sweep's report (deepinit.report) when a multirun ends, whatever happened to its
-jobs; conf/train.yaml names it under hydra.callbacks."""
+"""The Hydra callback that writes a sweep's report (deepinit.sweep.report) when a multirun ends, whatever happened to
+its jobs; conf/train.yaml names it under hydra.callbacks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class SweepReport(Callback):
         # imported here: Hydra imports every plugin module at start-up, in every app
         from lightning.pytorch.utilities import rank_zero_only
 
-        from deepinit.report import summarize
+        from deepinit.sweep.report import summarize
 
         if rank_zero_only.rank == 0:  # a sweep run under torchrun ends in every process; one writes the report
             summarize(Path(config.hydra.sweep.dir))

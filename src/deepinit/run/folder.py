@@ -1,6 +1,6 @@
 """A sweep job's folder, shared by the processes that may run it: its lock (one process runs a job at a time; a
 rerun of the sweep's command, a requeued cluster job or torchrun's ranks take turns) and the clearing of what an
-earlier attempt left. Whether a job runs, resumes or is skipped is deepinit.job's to decide.
+earlier attempt left. Whether a job runs, resumes or is skipped is deepinit.sweep.job's to decide.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The trainability phase diagram of a sweep over (sigma_w^2, depth): what trained against what the depth scales
 predict (Schoenholz et al. 2017: a network of depth L trains with a fixed SGD budget where L < 6 xi_c).
 
-A section of the sweep report (deepinit.report): phase.csv, report_phase.png and the agreement lines of report.md,
+A section of the sweep report (deepinit.sweep.report): phase.csv, report_phase.png and the agreement lines of report.md,
 for a sweep whose runs vary sigma_w^2 and depth. docs/trainability.md shows one.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 
 from deepinit import theory
-from deepinit.figures import plt
-from deepinit.summary import FINISHED, Summary
+from deepinit.observe.figures import plt
+from deepinit.results.summary import FINISHED, Summary
 
 STEM, TITLE = "phase", "Trainability: measured against 6 xi_c"  # phase.csv, report_phase.png, report.md's heading
 TRAINED = 0.5  # test accuracy after the budget that counts as trained (chance is 0.1; runs land near one or the other)
@@ -26,7 +26,7 @@ COLUMNS = ["sigma_w2", "sigma_b2", "depth", "steps", "seed", "train_acc", "test_
 
 
 def why_not_judged(job: dict[str, Any]) -> str | None:
-    """Why a run of the sweep (a row of deepinit.report.collect) has no place in the diagram, None where it has:
+    """Why a run of the sweep (a row of deepinit.sweep.report.collect) has no place in the diagram, None where it has:
     it did not finish (failed, interrupted, missing, running), it has no theory verdict, or it is not a plain MLP."""
     summary: Summary | None = job.get("_summary")
     if summary is None:

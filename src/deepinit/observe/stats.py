@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from deepinit.activations import ACTIVATIONS
-from deepinit.private_api import foreach_norm, foreach_sub
+from deepinit.base.private_api import foreach_norm, foreach_sub
+from deepinit.network.activations import ACTIVATIONS
 
 # "Dead" = the unit's pre-activation is <= 0 on every sample of the batch (for relu: its output is exactly 0
 # throughout, and it gets no gradient). "Saturated" = |output - centre| beyond 0.97 of the half-range. Which rule an
-# activation follows is its record's (deepinit.activations).
+# activation follows is its record's (deepinit.network.activations).
 SATURATION = 0.97
 
 # (group, quantity) pairs each group can record; `health` is dead or saturated depending on activation.

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepinit.activations import ACTIVATIONS
-from deepinit.model import MLP
-from deepinit.settings.rules import Checked, ConfigError, integer, number, setting, text
+from deepinit.base.rules import Checked, ConfigError, integer, number, setting, text
+from deepinit.network.activations import ACTIVATIONS
+from deepinit.network.model import MLP
 
 WeightInit = Callable[..., None]
 

@@ -1,18 +1,18 @@
 """A run's life from its first line to its summary.json: the one place that decides how a run ends, and how a
 failure is reported.
 
-Every run goes through a `RunRecord`: a lone run (deepinit.train), each member of a batched group
+Every run goes through a `RunRecord`: a lone run (deepinit.run.train), each member of a batched group
 (deepinit.batched) and, under DDP, every rank (rank 0 writes the file). Once configured it says `running` (with
-host and pid: a run whose process died reads as interrupted, deepinit.summary) and ends as one of
+host and pid: a run whose process died reads as interrupted, deepinit.results.summary) and ends as one of
 
 - ok: trained and tested (`conclude`);
 - diverged: the loss stopped being finite, a result of the study (`diverged`, then `conclude`);
-- interrupted: Ctrl-C or a stop signal (deepinit.stopping); the reason says where it stopped, by which signal, and
+- interrupted: Ctrl-C or a stop signal (deepinit.run.stopping); the reason says where it stopped, by which signal, and
   how to go on (RunInterrupted is raised);
 - failed: anything else; bad settings and bad data keep their one line, a full disk becomes NoRoomError's.
 
 `with RunRecord(run_dir) as record:` turns whatever ends the block into that status and writes summary.json
-(deepinit.summary.Summary) whole (on a full disk it first removes the truncated checkpoint, which makes room for
+(deepinit.results.summary.Summary) whole (on a full disk it first removes the truncated checkpoint, which makes room for
 it; where even the summary cannot be written, the run's own one-line error still goes up). The run's TensorBoard
 logger (RunLogger) is opened and closed here too, with its HParams row written once at the end.
 
@@ -37,13 +37,13 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from deepinit import checkpoints, stopping
-from deepinit.provision import DataError
-from deepinit.run_logger import RunLogger, hparams_metrics, hparams_row, shown_columns
+from deepinit.base.rules import ConfigError
+from deepinit.data.provision import DataError
+from deepinit.results.summary import UNFINISHED, Divergence, Metrics, Summary
+from deepinit.run import checkpoints, stopping
+from deepinit.run.folder import clear_attempt, running_elsewhere
+from deepinit.run.logger import RunLogger, hparams_metrics, hparams_row, shown_columns
 from deepinit.settings.records import Settings
-from deepinit.settings.rules import ConfigError
-from deepinit.summary import UNFINISHED, Divergence, Metrics, Summary
-from deepinit.sweep import clear_attempt, running_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def status(run_dir: Path, locked: bool = False) -> Summary:
 def check_resume(run_dir: Path, settings: Settings, locked: bool = False) -> Summary:
     """The summary of the stopped attempt in run_dir that `settings` may go on from; else ConfigError, one line
     naming why (still running, nothing to resume, other settings: which keys). It only reads: a refused resume
-    leaves the run's files as they were. locked: the caller holds the job's lock (deepinit.sweep.claim), so an
+    leaves the run's files as they were. locked: the caller holds the job's lock (deepinit.run.folder.claim), so an
     attempt that still says `running` died."""
     earlier = status(run_dir, locked)
     if earlier.status == "missing":

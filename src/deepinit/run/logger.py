@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as tensorboard_hparams
 
-from deepinit.private_api import event_writer, open_experiment, sanitize_hparams
-from deepinit.summary import Summary
+from deepinit.base.private_api import event_writer, open_experiment, sanitize_hparams
+from deepinit.results.summary import Summary
 
 # TensorBoard's HParams dashboard ticks at most 5 hyperparameter columns when it opens (a fixed 5 in its query
 # pane): those whose experiment entry says `differs`, by name, then the rest by name. Left to itself it showed
@@ -49,7 +49,7 @@ def hparams_row(summary: Summary, swept: dict[str, Any]) -> dict[str, Any]:
 
 def hparams_metrics(summary: Summary, history: dict[tuple[str, str], list]) -> dict[str, float]:
     """The run's final metrics as TensorBoard's HParams dashboard ranks them (NaN where not measured); history:
-    the layer statistics' record (deepinit.recorder.LayerRecorder.history), for the init's step-0 drift."""
+    the layer statistics' record (deepinit.observe.recorder.LayerRecorder.history), for the init's step-0 drift."""
     nan = float("nan")
     m = summary.metrics
     out = {
@@ -72,7 +72,7 @@ def hparams_metrics(summary: Summary, history: dict[tuple[str, str], list]) -> d
 # TensorBoard's dashboards sort their groups (a tag up to its first '/') by name, capitals first; Time Series opens
 # only the first two, and shows two cards a row beside its settings. So the first group, Overview, holds the four
 # cards of a run's story (its accuracy, loss, learning speed and the recorder's depth profile against theory), the
-# second, Signal, the rest of the network-level view (deepinit.recorder), and every per-layer group is lowercase
+# second, Signal, the rest of the network-level view (deepinit.observe.recorder), and every per-layer group is lowercase
 # (docs/tensorboard.md). The module logs the names Lightning users know; the logger writes these tags for them.
 # No parentheses in a tag: Custom Scalars draws no line for a tag with one.
 TAGS = {

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from deepinit.activations import activation as activation_record
+from deepinit.network.activations import activation as activation_record
 
 NORMS = ("none", "batchnorm", "layernorm")
 BLOCKS = ("plain", "residual")

@@ -1,12 +1,12 @@
-"""summary.json as one record, `Summary`, for every writer (deepinit.lifecycle.RunRecord, for lone runs and batched
+"""summary.json as one record, `Summary`, for every writer (deepinit.run.lifecycle.RunRecord, for lone runs and batched
 members alike) and every reader (the sweep report, the phase diagram, a rerun's resume and skip decisions).
 
 A run's summary.json holds: status (running while it runs; then ok, diverged, interrupted, failed) and its one-line
 reason; host and pid (the process that writes it, so that a later look tells a run still going from one whose
-process died: deepinit.lifecycle.status calls that one interrupted); config (the
+process died: deepinit.run.lifecycle.status calls that one interrupted); config (the
 essentials); run_dir; started; and, as the run gets there: settings (the whole composed config), theory (the
-verdict on its init), resumed (each resumption), steps, epochs, metrics, speed (deepinit.speed), divergence, init
-(what it used), device, training_step, hparams_metrics, checkpoint (where an interrupted run can go on from),
+verdict on its init), resumed (each resumption), steps, epochs, metrics, speed (deepinit.observe.speed), divergence,
+init (what it used), device, training_step, hparams_metrics, checkpoint (where an interrupted run can go on from),
 wall_time_s. A field the run never reached is left out of the file.
 """
 
@@ -151,7 +151,7 @@ class Summary:
     @classmethod
     def read(cls, run_dir: Path) -> Summary | None:
         """The summary.json in run_dir as written, or None where there is none (or it cannot be read); what it says
-        of a run that may have died is deepinit.lifecycle.status's to decide."""
+        of a run that may have died is deepinit.run.lifecycle.status's to decide."""
         try:
             return cls.from_json(json.loads((Path(run_dir) / "summary.json").read_text()))
         except (OSError, ValueError, TypeError):
@@ -159,7 +159,7 @@ class Summary:
 
     def may_be_running(self) -> bool:
         """Whether the process that wrote `running` may still be at it: alive on this host, or on another host
-        (which this one cannot see: a sweep's job lock tells there, deepinit.sweep)."""
+        (which this one cannot see: a sweep's job lock tells there, deepinit.run.folder)."""
         if self.host != socket.gethostname():
             return True
         if self.pid is None or self.pid == os.getpid():  # this process's own record: an earlier job's, never ended

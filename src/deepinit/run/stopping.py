@@ -3,10 +3,10 @@
 - SIGINT (Ctrl-C) is Lightning's: a KeyboardInterrupt wherever the run is, Lightning's graceful shutdown inside fit.
 - SIGTERM (`kill`, `timeout`, the end of a SLURM job, Kubernetes, a preemption) and submitit's preemption signal
   (SIGUSR2, or what SUBMITIT_PREEMPT_SIGNAL names) are caught here while a run lasts (`catching`, entered by
-  deepinit.parts.job_scope). Inside training the run finishes the step it is in and stops before the next
+  deepinit.run.parts.job_scope). Inside training the run finishes the step it is in and stops before the next
   (`StopBetweenSteps`), so the checkpoint then written holds whole steps, logged and counted; anywhere else at
   once. Either way it stops as Ctrl-C stops it (`Stopped` is a KeyboardInterrupt): the interrupt checkpoint
-  (deepinit.checkpoints), `interrupted` with the step and the signal, the line saying how to go on.
+  (deepinit.run.checkpoints), `interrupted` with the step and the signal, the line saying how to go on.
 
 The process then ends with the conventional status, 128 + the signal's number (130 Ctrl-C, 143 SIGTERM), unless
 another handler of that signal was there before the run (submitit's): it is run instead (`pass_on`), and
@@ -111,7 +111,7 @@ class StopBetweenSteps(L.Callback):
 
 
 def signal_of(error: BaseException) -> int:
-    """The signal that stopped a run (deepinit.lifecycle.RunInterrupted's, a Stopped's), SIGINT otherwise."""
+    """The signal that stopped a run (deepinit.run.lifecycle.RunInterrupted's, a Stopped's), SIGINT otherwise."""
     return getattr(error, "signum", None) or signal.SIGINT
 
 

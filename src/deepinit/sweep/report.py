@@ -1,9 +1,9 @@
 """The sweep report: every run of a multirun in one table and a few figures, written into the sweep folder.
 
 `summarize(sweep_dir)` reads each job's summary.json (and its step-0 layer statistics), writes `report.csv`,
-`report.md` and `report_*.png`, and each SECTIONS module's that applies to the sweep (deepinit.phase's `phase.csv`
-for a sweep over sigma_w^2 and depth, deepinit.speed_report's `speed.csv` for runs that measured their learning
-speed at several depths, deepinit.architecture_report's `architecture.csv` for a sweep over architectures and
+`report.md` and `report_*.png`, and each SECTIONS module's that applies to the sweep (deepinit.sweep.phase's `phase.csv`
+for a sweep over sigma_w^2 and depth, deepinit.sweep.speed_report's `speed.csv` for runs that measured their learning
+speed at several depths, deepinit.sweep.architecture_report's `architecture.csv` for a sweep over architectures and
 inits), and logs the figures to TensorBoard under `<sweep>/report`. Beneath a table, a column that no run measured
 (best_val_acc where no validation ran, ...) says why, from the runs' own summaries and settings.
 The Hydra callback that calls it when a multirun ends is hydra_plugins.deepinit_launcher.sweep_report.SweepReport;
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from deepinit import architecture_report, phase, speed_report
-from deepinit.figures import plt
-from deepinit.lifecycle import status
-from deepinit.summary import FINISHED, Summary
+from deepinit.observe.figures import plt
+from deepinit.results.summary import FINISHED, Summary
+from deepinit.run.lifecycle import status
+from deepinit.sweep import architecture_report, phase, speed_report
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,8 @@ def _train_not_logged(summary: Summary, row: dict[str, Any]) -> str | None:
     if summary.status == "diverged":
         return "a diverged run counts as not trained"
     every = ((summary.settings or {}).get("trainer") or {}).get("log_every_n_steps", 50)  # Lightning's default
-    # a lone run keeps its last step's values too (deepinit.module.logs_now); a batched member only what Lightning's
-    # logger wrote
+    # a lone run keeps its last step's values too (deepinit.training.module.logs_now); a batched member only what
+    # Lightning's logger wrote
     batched = (summary.training_step or "").startswith("batched")
     if batched and summary.steps is not None and summary.steps < every:
         return (f"no training step was logged: a batched group's members keep what Lightning's logger wrote, every "

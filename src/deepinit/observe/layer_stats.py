@@ -1,4 +1,4 @@
-"""LayerStats: the Lightning callback that feeds a run's LayerRecorder (deepinit.recorder) from its Trainer.
+"""LayerStats: the Lightning callback that feeds a run's LayerRecorder (deepinit.observe.recorder) from its Trainer.
 
 The recorder holds the logic and knows no Trainer; this adapter only says when: it hooks the model at the start
 of a recorded step, hands over the weights before the optimizer's step, ends the step after the batch, and closes
@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from deepinit.recorder import LayerRecorder
+from deepinit.observe.recorder import LayerRecorder
 
 
 class LayerStats(L.Callback):
@@ -26,7 +26,8 @@ class LayerStats(L.Callback):
         return self.recorder.history
 
     def observes(self, step: int) -> bool:
-        """Whether this step's tensors are read through forward hooks (deepinit.module runs such a step eagerly)."""
+        """Whether this step's tensors are read through forward hooks (deepinit.training.module runs such a step
+        eagerly)."""
         return self.active and self.recorder.observes(step)
 
     def state_dict(self) -> dict[str, Any]:

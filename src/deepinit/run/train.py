@@ -1,4 +1,4 @@
-"""One lone run: its parts (deepinit.parts) assembled under a Trainer with its checkpoints; train, test, summarize.
+"""One lone run: its parts (deepinit.run.parts) assembled under a Trainer with its checkpoints; train, test, summarize.
 
 `run(settings, run_dir)` is the whole run and returns the Summary it writes to `run_dir/summary.json`.
 """
@@ -11,22 +11,22 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from deepinit import checkpoints, stopping
-from deepinit.layer_stats import LayerStats
-from deepinit.lifecycle import RunRecord
-from deepinit.parts import apply_process_settings, assemble, check_strategy, job_scope, predict_trainability
-from deepinit.progress import progress_bar
+from deepinit.observe.layer_stats import LayerStats
+from deepinit.observe.speed import LearningSpeed
+from deepinit.results.summary import Summary
+from deepinit.run import checkpoints, stopping
+from deepinit.run.lifecycle import RunRecord
+from deepinit.run.parts import apply_process_settings, assemble, check_strategy, job_scope, predict_trainability
+from deepinit.run.progress import progress_bar
 from deepinit.settings.records import Settings
-from deepinit.speed import LearningSpeed
-from deepinit.summary import Summary
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, run_dir: Path, earlier: Summary | None = None) -> Summary:
     """Train and test one configuration; write and return run_dir/summary.json. earlier: the stopped attempt in
-    run_dir to go on from (lifecycle.check_resume's, in deepinit.job), from its newest checkpoint (with none, the run
-    starts over there)."""
+    run_dir to go on from (lifecycle.check_resume's, in deepinit.sweep.job), from its newest checkpoint (with none, the
+    run starts over there)."""
     with job_scope():
         return _run(settings, Path(run_dir), earlier)
 

@@ -26,7 +26,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from deepinit.summary import PART, write_whole
+from deepinit.results.summary import PART, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _as_next_epoch_start(checkpoint: dict[str, Any]) -> None:
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's on-exception checkpoint, for a stopped run only (Ctrl-C, a stop signal: deepinit.stopping; a
+    """Lightning's on-exception checkpoint, for a stopped run only (Ctrl-C, a stop signal: deepinit.run.stopping; a
     failing run, a full disk above all, gets none): the state the run reached, which a resumed run goes on from.
     Lightning removes it when a run that uses it ends well."""
 

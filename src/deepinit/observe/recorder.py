@@ -10,7 +10,8 @@ tidy `layer_stats.csv` (step, layer, group, quantity, value); with the init's th
 predicted profiles beside the measured ones. `history` and `prediction` keep what was recorded: the figures and the
 summary's step-0 diagnostics read them. It observes only: training is unchanged.
 
-deepinit.layer_stats.LayerStats feeds it from a Lightning Trainer; deepinit.batched feeds each member's directly.
+deepinit.observe.layer_stats.LayerStats feeds it from a Lightning Trainer; deepinit.batched feeds each member's
+directly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,12 +32,14 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw
 
-from deepinit import stats
-from deepinit.figures import card_figures, depth_profile_figure, heatmap_figure, plt
-from deepinit.model import MLP
-from deepinit.settings.records import StatsSettings
-from deepinit.summary import write_whole
-from deepinit.theory.overlay import jacobian_measured, step0_overlay
+from deepinit.network.model import MLP
+from deepinit.observe import stats
+from deepinit.observe.figures import card_figures, depth_profile_figure, heatmap_figure, plt
+from deepinit.observe.overlay import jacobian_measured, step0_overlay
+from deepinit.results.summary import write_whole
+
+if TYPE_CHECKING:
+    from deepinit.settings.records import StatsSettings
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 WHOLE_NETWORK = {"isometry"}  # groups with one value for the whole network, not one per layer
@@ -51,7 +54,7 @@ SIGNAL = {
     ("gradients", "sqr"): ("Signal/gradients: log10 growth of the mean square a layer, backwards", False),
 }
 THEORY_RUN = "theory"
-# The card that joins the run's first screen (deepinit.run_logger.TAGS): what the init does to the signal
+# The card that joins the run's first screen (deepinit.run.logger.TAGS): what the init does to the signal
 # (named to sort after the speed card: Time Series shows a card per run of an image, and the speed goes first)
 OVERVIEW_CARDS = {"depth profile, activations": "Overview/the signal through depth: activations, theory dashed"}
 

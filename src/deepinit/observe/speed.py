@@ -11,14 +11,16 @@ evaluation is a forward pass without gradients on tensors the training never see
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from deepinit.settings.records import SpeedSettings
-from deepinit.summary import Speed
+from deepinit.results.summary import Speed
+
+if TYPE_CHECKING:
+    from deepinit.settings.records import SpeedSettings
 
 
 def accuracies(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int) -> Tensor:

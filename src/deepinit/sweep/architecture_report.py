@@ -1,5 +1,5 @@
 """Does the init still matter with normalization and skip connections? A section of the sweep report
-(deepinit.report) for a sweep over architectures (conf/architecture/) and inits: architecture.csv,
+(deepinit.sweep.report) for a sweep over architectures (conf/architecture/) and inits: architecture.csv,
 report_architecture.png (test accuracy, init x architecture, a panel per depth) and report.md's answer in numbers:
 for each architecture how far apart its inits ended. docs/normalization.md shows one.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from deepinit.figures import plt
-from deepinit.summary import FINISHED, Summary
+from deepinit.observe.figures import plt
+from deepinit.results.summary import FINISHED, Summary
 
 STEM, TITLE = "architecture", "Does the init still matter? Test accuracy by architecture"
 COLUMNS = ["architecture", "init", "activation", "depth", "seed", "status", "test_acc"]
@@ -23,7 +23,7 @@ CHANCE = 0.1  # a diverged run's accuracy in the cell means
 
 
 def rows_of(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per finished run of the report's (deepinit.report.collect: its architecture, init, ...); a diverged
+    """One row per finished run of the report's (deepinit.sweep.report.collect: its architecture, init, ...); a diverged
     run has no test accuracy."""
     out = []
     for job in jobs:

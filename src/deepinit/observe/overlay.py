@@ -1,6 +1,6 @@
-"""The theory at step 0, set against what a run's layer statistics just measured (deepinit.recorder): the predicted
-depth profiles with their finite-width band, ln(measured / predicted), the correlation map from the batch's own
-inputs, and, for the square hidden stack, the Jacobian's spectrum estimated beside its theory."""
+"""The theory at step 0, set against what a run's layer statistics just measured (deepinit.observe.recorder): the
+predicted depth profiles with their finite-width band, ln(measured / predicted), the correlation map from the batch's
+own inputs, and, for the square hidden stack, the Jacobian's spectrum estimated beside its theory."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deepinit import stats
-from deepinit.model import MLP
+from deepinit.network.model import MLP
+from deepinit.observe import stats
 from deepinit.theory.depth_scales import correlation_profile
 from deepinit.theory.profile import Prediction, isometry, predict_model
 

@@ -1,8 +1,8 @@
 """The LightningModule: wires the MLP, cross-entropy, accuracy and the optimizer; records divergence.
 
-Two training steps give the same training: the fast one (deepinit.fast_step: fused optimizer, no host sync,
+Two training steps give the same training: the fast one (deepinit.training.fast_step: fused optimizer, no host sync,
 a CUDA graph on CUDA; Lightning's manual optimization) and the plain eager one (automatic optimization), which
-`fast=false` chooses and which runs wherever the fast one cannot (deepinit.steps says where).
+`fast=false` chooses and which runs wherever the fast one cannot (deepinit.training.steps says where).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepinit.fast_step import FastStep, fused_optimizer
-from deepinit.model import MLP
-from deepinit.private_api import align_logging_step, count_replayed_update
-from deepinit.steps import FAST, why_not
-from deepinit.summary import Divergence
+from deepinit.base.private_api import align_logging_step, count_replayed_update
+from deepinit.network.model import MLP
+from deepinit.results.summary import Divergence
+from deepinit.training.fast_step import FastStep, fused_optimizer
+from deepinit.training.steps import FAST, why_not
 
 log = logging.getLogger(__name__)
 

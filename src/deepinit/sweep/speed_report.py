@@ -2,8 +2,9 @@
 Ganguli 2017: a Jacobian whose squared singular values stay near 1, dynamical isometry, learns at a speed that does
 not fall with depth).
 
-A section of the sweep report (deepinit.report): speed.csv, report_speed.png and report.md's rank correlations, for
-a sweep whose runs measured their learning speed (deepinit.speed) at more than one depth. docs/isometry.md shows one.
+A section of the sweep report (deepinit.sweep.report): speed.csv, report_speed.png and report.md's rank correlations,
+for a sweep whose runs measured their learning speed (deepinit.observe.speed) at more than one depth. docs/isometry.md
+shows one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from deepinit.figures import plt
-from deepinit.summary import FINISHED, Summary
+from deepinit.observe.figures import plt
+from deepinit.results.summary import FINISHED, Summary
 
 STEM, TITLE = "speed", "Learning speed: measured against the Jacobian's predicted spread"
 COLUMNS = ["init", "activation", "sigma_w2", "sigma_b2", "depth", "lr", "steps", "seed", "test_acc",

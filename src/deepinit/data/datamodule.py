@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from deepinit.provision import ensure_dataset
+from deepinit.data.provision import ensure_dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A run's parts, built from its Settings: the data module, the initialized model under Lightning, the layer
 recorder, the trainability prediction, the process-wide state a run sets and restores. The lone run
-(deepinit.train) and each member of a batched group (deepinit.batched) are assembled from these, so both build a
+(deepinit.run.train) and each member of a batched group (deepinit.batched) are assembled from these, so both build a
 run the same way (the same seed, the same init, the same theory)."""
 
 from __future__ import annotations
@@ -20,18 +20,19 @@ import lightning as L
 import numpy as np
 import torch
 
-from deepinit import stopping, theory
-from deepinit.init_schemes import initialize
-from deepinit.layer_stats import LayerStats
-from deepinit.lifecycle import RunRecord
-from deepinit.model import MLP
-from deepinit.module import Classifier
-from deepinit.private_api import reruns_the_script, spawns_processes
-from deepinit.provision import DATASETS
-from deepinit.recorder import LayerRecorder
+from deepinit import theory
+from deepinit.base.private_api import reruns_the_script, spawns_processes
+from deepinit.base.rules import ConfigError
+from deepinit.data.provision import DATASETS
+from deepinit.network.init_schemes import initialize
+from deepinit.network.model import MLP
+from deepinit.observe.layer_stats import LayerStats
+from deepinit.observe.recorder import LayerRecorder
+from deepinit.observe.speed import SpeedTracker, speed_tracker
+from deepinit.run import stopping
+from deepinit.run.lifecycle import RunRecord
 from deepinit.settings.records import RunSettings, Settings
-from deepinit.settings.rules import ConfigError
-from deepinit.speed import SpeedTracker, speed_tracker
+from deepinit.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 # every fit and warns when there is none; resuming is asked for explicitly (resume=), so those warnings say nothing.
 warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-# A resumed run's checkpoints folder holds the checkpoints it goes on from (deepinit.checkpoints): by design.
+# A resumed run's checkpoints folder holds the checkpoints it goes on from (deepinit.run.checkpoints): by design.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 

@@ -1,5 +1,6 @@
 """Which training step can run here: one rule, `why_not(needs, trainer, optimizer)`, for both special steps, with
-what each needs as data (`FAST`: deepinit.fast_step, a lone run's; `GROUP`: deepinit.batched, a stacked group's).
+what each needs as data (`FAST`: deepinit.training.fast_step, a lone run's; `GROUP`: deepinit.batched, a stacked
+group's).
 
 Where a lone run's fast step cannot run, the run takes the plain eager step; where the group step cannot, the job
 runs alone. The facts come from the Lightning Trainer the run's settings make: it is what normalizes devices,
@@ -45,7 +46,7 @@ def optimizer_name(optimizer: Callable[..., torch.optim.Optimizer]) -> str:
 
 def why_not(needs: StepNeeds, trainer: Any, optimizer: Callable[..., torch.optim.Optimizer]) -> str | None:
     """Why the step `needs` describes cannot run in this Trainer with this optimizer factory, or None if it can."""
-    from deepinit.fast_step import fused_optimizer  # the fast step's own attempt at a fused optimizer
+    from deepinit.training.fast_step import fused_optimizer  # the fast step's own attempt at a fused optimizer
 
     if trainer.world_size > 1:
         return f"more than one device or a strategy (world size {trainer.world_size})"

@@ -7,7 +7,7 @@ and every job of the batched launcher (a group's members and the jobs that run a
         job.end()                              # its last line
 
 `open_job` decides once what a job does (`Job.action`):
-- held: another process runs it (its lock, deepinit.sweep.claim): nothing to do here;
+- held: another process runs it (its lock, deepinit.run.folder.claim): nothing to do here;
 - refused: its settings are refused; its summary says failed, unless an earlier attempt's record is kept
   (lifecycle.refuse_job); a lone run's refusal goes up as its one-line error;
 - skip: a sweep job that finished earlier with these settings (force=true reruns it);
@@ -25,9 +25,12 @@ from typing import Any
 
 from filelock import BaseFileLock
 
-from deepinit import stopping, train
-from deepinit.checkpoints import newest_usable
-from deepinit.lifecycle import (
+from deepinit.base.rules import ConfigError
+from deepinit.results.summary import FINISHED, Summary
+from deepinit.run import stopping, train
+from deepinit.run.checkpoints import newest_usable
+from deepinit.run.folder import claim, clear_attempt
+from deepinit.run.lifecycle import (
     RunInterrupted,
     RunRecord,
     check_resume,
@@ -38,9 +41,6 @@ from deepinit.lifecycle import (
 )
 from deepinit.settings.hydra import from_config
 from deepinit.settings.records import Settings
-from deepinit.settings.rules import ConfigError
-from deepinit.summary import FINISHED, Summary
-from deepinit.sweep import claim, clear_attempt
 
 log = logging.getLogger("deepinit")
 
@@ -70,7 +70,7 @@ class Job:
         return self.action in ("run", "resume")
 
     def run(self) -> Summary:
-        """Train it alone (deepinit.train.run) under the failure policy: Ctrl-C or a stop signal stops it, and the
+        """Train it alone (deepinit.run.train.run) under the failure policy: Ctrl-C or a stop signal stops it, and the
         sweep, with its one line (RunInterrupted goes up); a sweep job's failure is its summary, a row of the sweep
         report; a lone run's failure goes up (scripts/train.py says a user's error in one line)."""
         assert self.settings is not None and self.pending
