@@ -42,6 +42,22 @@ def test_a_replayed_update_counts_as_a_step_and_the_logging_counter_follows():
     assert loop._batches_that_stepped == trainer.global_step
 
 
+def test_a_checkpoint_on_the_clock_is_saved_under_manual_optimization(tmp_path):
+    """Lightning's ModelCheckpoint alone saves nothing on train_time_interval under manual optimization; through
+    private_api.save_on_the_clock (deepinit.run.checkpoints.PeriodicCheckpoint) every batch's end past the interval
+    saves, and the newest is kept."""
+    from datetime import timedelta
+
+    from deepinit.run.checkpoints import PeriodicCheckpoint
+
+    for kind, saved in ((L.pytorch.callbacks.ModelCheckpoint, []), (PeriodicCheckpoint, ["step=4.ckpt"])):
+        folder = tmp_path / kind.__name__
+        clock = kind(dirpath=folder, filename="{step}", train_time_interval=timedelta(0), save_on_train_epoch_end=False)
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=4,
+                  callbacks=[clock]).fit(Manual())  # fmt: skip
+        assert sorted(p.name for p in folder.glob("*.ckpt")) == saved, kind
+
+
 def test_the_launchers_are_told_apart():
     assert private_api.spawns_processes(quiet_trainer(devices=2, strategy="ddp_spawn").strategy.launcher)
     assert private_api.reruns_the_script(quiet_trainer(devices=2, strategy="ddp").strategy.launcher)

@@ -6,6 +6,7 @@ upgrade of those libraries breaks one test here first, not a run somewhere.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -31,6 +32,24 @@ def align_logging_step(trainer: Any) -> None:
     loop = trainer.fit_loop.epoch_loop
     if trainer.accumulate_grad_batches == 1 and loop._batches_that_stepped != trainer.global_step:
         loop._batches_that_stepped = trainer.global_step
+
+
+def save_on_the_clock(callback: Any, trainer: Any) -> None:
+    """Have a ModelCheckpoint with a train_time_interval save once that much time has passed since its last save, as
+    its on_train_batch_end does under automatic optimization (rank 0's clock decides for every process). Under
+    manual optimization that hook saves only every_n_train_steps, never on the clock, and neither the clock nor the
+    save has a public entry."""
+    interval = callback._train_time_interval
+    if interval is None:
+        return
+    now = time.monotonic()
+    due = trainer.strategy.broadcast(now - callback._last_time_checked >= interval.total_seconds())
+    if not due or callback._should_skip_saving_checkpoint(trainer):
+        return
+    callback._last_time_checked = now
+    candidates = callback._monitor_candidates(trainer)
+    callback._save_topk_checkpoint(trainer, candidates)
+    callback._save_last_checkpoint(trainer, candidates)
 
 
 def spawns_processes(launcher: Any) -> bool:

@@ -26,6 +26,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from deepinit.base.private_api import save_on_the_clock
 from deepinit.results.summary import PART, write_whole
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,25 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             super().on_exception(trainer, *args, **kwargs)
 
 
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, also on the clock under the fast step. For a module that optimizes by hand (the
+    fast step) Lightning saves only every_n_train_steps, never on train_time_interval (checkpoint.every_minutes, the
+    default: a kill -9 lost everything since the last epoch); here the clock is read at a batch's end as Lightning
+    reads it for the eager step (both steps have stepped there)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if not pl_module.automatic_optimization:
+            save_on_the_clock(self, trainer)
+
+
 def periodic(run_dir: Path, every_minutes: float | None, every_n_steps: int | None) -> ModelCheckpoint | None:
     """The ModelCheckpoint that keeps the newest periodic checkpoint: every_n_steps steps apart where set, else
     every_minutes of training apart; None where neither is set."""
     if every_minutes is None and every_n_steps is None:
         return None
     interval = None if every_minutes is None or every_n_steps is not None else timedelta(minutes=every_minutes)
-    return ModelCheckpoint(
+    return PeriodicCheckpoint(
         dirpath=Path(run_dir) / FOLDER, filename=PERIODIC, save_top_k=1, every_n_train_steps=every_n_steps,
         train_time_interval=interval, save_on_train_epoch_end=False,
     )  # fmt: skip

@@ -44,6 +44,8 @@ warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
 # A resumed run's checkpoints folder holds the checkpoints it goes on from (deepinit.run.checkpoints): by design.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# The fast step's periodic checkpoint holds the weights after its update, as the eager step's does: what is wanted.
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 
 def check_strategy(trainer: L.Trainer, multirun: bool) -> None:
