@@ -90,8 +90,8 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes_to_the_same_result(tmp_p
 def test_kill_9_loses_only_the_steps_since_the_newest_checkpoint(tmp_path, mnist_root, uninterrupted):
     """Killed just after the first epoch ended (step 430), with periodic checkpoints on a clock as by default
     (checkpoint.every_minutes; Lightning wrote none under the fast step), the newest of them then passed over as if
-    there were none: the run goes on from the epoch's own checkpoint, which Lightning alone resumes one epoch number
-    too high (deepinit.run.checkpoints); the sweep test below resumes a killed job from its periodic checkpoint."""
+    there were none: the run goes on from the epoch's own checkpoint, which resumed as saved gave every later epoch a
+    number one too high (deepinit.base.private_api); the sweep test below resumes a killed job from its periodic one."""
     on_a_clock = [a for a in RUN if not a.startswith("checkpoint.")] + ["checkpoint.every_minutes=0.002"]  # 0.12 s
     done, run = signal_at(tmp_path, mnist_root, 440, on_a_clock, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL

@@ -34,6 +34,25 @@ def align_logging_step(trainer: Any) -> None:
         loop._batches_that_stepped = trainer.global_step
 
 
+def epoch_end_as_next_epoch_start(checkpoint: dict[str, Any]) -> None:
+    """Make an epoch's own checkpoint (epoch=<e>-step=<n>.ckpt, saved in on_train_epoch_end: the fit loop's epoch
+    processed, not yet completed) the state of the next epoch's start. Resumed as saved, with training bounded by
+    steps (trainer.max_steps) Lightning restarts inside the finished epoch: it runs that epoch's end again, and the
+    data module (deepinit.data.datamodule, which goes on from the loop's counters) hands it the finished pass's
+    empty rest as an epoch of its own, so every later epoch number came out one too high. The loops' progress
+    counters in a checkpoint have no public API."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if loop is None:
+        return
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+    if not batches.get("is_last_batch") or epochs["current"]["processed"] != epochs["current"]["completed"] + 1:
+        return
+    for count in (epochs["total"], epochs["current"]):
+        count["completed"] = count["processed"]
+    batches["current"] = dict.fromkeys(batches["current"], 0)
+    batches["is_last_batch"] = False
+
+
 def save_on_the_clock(callback: Any, trainer: Any) -> None:
     """Have a ModelCheckpoint with a train_time_interval save once that much time has passed since its last save, as
     its on_train_batch_end does under automatic optimization (rank 0's clock decides for every process). Under

@@ -26,7 +26,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from deepinit.base.private_api import save_on_the_clock
+from deepinit.base.private_api import epoch_end_as_next_epoch_start, save_on_the_clock
 from deepinit.results.summary import PART, write_whole
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_whole(path, buffer.getbuffer(), sync=True)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's reader, with an epoch's own checkpoint read as the next epoch's start: resumed as saved, every
+        later epoch number came out one too high (private_api.epoch_end_as_next_epoch_start)."""
         checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        _as_next_epoch_start(checkpoint)
+        epoch_end_as_next_epoch_start(checkpoint)
         return checkpoint
-
-
-def _as_next_epoch_start(checkpoint: dict[str, Any]) -> None:
-    """An epoch's own checkpoint (epoch=<e>-step=<n>.ckpt, saved in on_train_epoch_end: processed one ahead of
-    completed) made the state of the next epoch's start, which Lightning resumes as it should. Lightning resumes the
-    state as saved wrongly where training is bounded by steps (trainer.max_steps, as here): it runs the finished
-    epoch's end again and then an epoch with no batches, so every later epoch number is one too high (a kill -9 just
-    after an epoch ended, resumed from that epoch's checkpoint: epoch=4-step=1500.ckpt where the uninterrupted run
-    has epoch=3; the weights and batches were right)."""
-    loop = checkpoint.get("loops", {}).get("fit_loop")
-    if loop is None:
-        return
-    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
-    if not batches.get("is_last_batch") or epochs["current"]["processed"] != epochs["current"]["completed"] + 1:
-        return
-    for count in (epochs["total"], epochs["current"]):
-        count["completed"] = count["processed"]
-    batches["current"] = dict.fromkeys(batches["current"], 0)
-    batches["is_last_batch"] = False
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
