@@ -1,4 +1,5 @@
 import csv
+import functools
 import os
 import resource
 import shutil
@@ -68,26 +69,21 @@ def train_cli(
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, preexec_fn=limit)
 
 
-_TRAIN_SCRIPT = None
-
-
+@functools.cache
 def _train_script():
     """scripts/train.py as a module, imported once (its cli() is the whole command line)."""
-    global _TRAIN_SCRIPT
-    if _TRAIN_SCRIPT is None:
-        import importlib.util
+    import importlib.util
 
-        spec = importlib.util.spec_from_file_location("deepinit_train_script", REPO / "scripts" / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        # Hydra names the job (its log file train.log, hydra.job.name) after the script when the task function is
-        # __main__'s, as in `python scripts/train.py`, and after the module otherwise
-        task = module.main
-        while hasattr(task, "__wrapped__"):
-            task = task.__wrapped__
-        task.__module__ = "__main__"
-        _TRAIN_SCRIPT = module
-    return _TRAIN_SCRIPT
+    spec = importlib.util.spec_from_file_location("deepinit_train_script", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # Hydra names the job (its log file train.log, hydra.job.name) after the script when the task function is
+    # __main__'s, as in `python scripts/train.py`, and after the module otherwise
+    task = module.main
+    while hasattr(task, "__wrapped__"):
+        task = task.__wrapped__
+    task.__module__ = "__main__"
+    return module
 
 
 def train_inprocess(*overrides: str, runs_dir: Path, data_root: Path | None = None) -> subprocess.CompletedProcess:
