@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# make test runs the suite in a worker per core (pytest-xdist). One torch thread each: torch's default, a thread per
+# core in every worker, oversubscribes the cores and its spinning threads made two workers slower than one.
+# OMP_NUM_THREADS reaches the processes a test starts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("DEEPINIT_DATA", REPO / "data"))
 

@@ -149,7 +149,9 @@ def test_ddp_single_run_shards_the_data_and_writes_once(tmp_path, mnist_root):
 @pytest.mark.slow
 def test_ddp_sweep_runs_under_torchrun_and_not_under_a_plain_multirun(tmp_path, mnist_root):
     env = {**os.environ, "DEEPINIT_DATA": str(mnist_root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),
+    # --standalone: a free port of its own (the default, 29500, is shared with any other torchrun on the machine)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "scripts" / "train.py"),
            "-m", "depth=2,3", *DDP, f"runs_dir={tmp_path / 'torchrun'}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

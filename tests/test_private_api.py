@@ -58,6 +58,44 @@ def test_a_checkpoint_on_the_clock_is_saved_under_manual_optimization(tmp_path):
         assert sorted(p.name for p in folder.glob("*.ckpt")) == saved, kind
 
 
+class SaveWhereTheRunDoes(L.Callback):
+    """A checkpoint at a batch's end (a periodic one) and one at the epoch's end (the epoch's own)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 1:
+            trainer.save_checkpoint(self.folder / "periodic.ckpt")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.folder / "epoch.ckpt")
+
+
+class FourBatches(Manual):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=1)
+
+
+def test_an_epochs_own_checkpoint_reads_as_the_next_epochs_start(tmp_path):
+    quiet_trainer(max_epochs=1, callbacks=[SaveWhereTheRunDoes(tmp_path)]).fit(FourBatches())
+    epoch = torch.load(tmp_path / "epoch.ckpt", weights_only=False)
+    loop = epoch["loops"]["fit_loop"]
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+    assert (epochs["current"]["processed"], epochs["current"]["completed"], batches["is_last_batch"]) == (1, 0, True)
+    private_api.epoch_end_as_next_epoch_start(epoch)
+    assert epochs["total"]["completed"] == epochs["current"]["completed"] == 1
+    assert set(batches["current"].values()) == {0} and not batches["is_last_batch"]
+
+    periodic = torch.load(tmp_path / "periodic.ckpt", weights_only=False)
+    as_saved = repr(periodic["loops"])
+    private_api.epoch_end_as_next_epoch_start(periodic)  # mid-epoch: already where the run goes on
+    assert repr(periodic["loops"]) == as_saved
+    weights = {"state_dict": {}}  # no loops (a weights-only checkpoint): nothing to read
+    private_api.epoch_end_as_next_epoch_start(weights)
+    assert weights == {"state_dict": {}}
+
+
 def test_the_launchers_are_told_apart():
     assert private_api.spawns_processes(quiet_trainer(devices=2, strategy="ddp_spawn").strategy.launcher)
     assert private_api.reruns_the_script(quiet_trainer(devices=2, strategy="ddp").strategy.launcher)

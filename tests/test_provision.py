@@ -88,3 +88,12 @@ def test_unpickler_refuses_anything_but_numpy_arrays(tmp_path):
 def test_non_exact_pixels_are_rejected():
     with pytest.raises(DataError, match="1/256"):
         provision._to_uint8(np.array([0.5, 0.3], dtype=np.float32), "images")
+
+
+def test_the_data_module_is_found_where_conf_data_names_it_and_nothing_else_is():
+    import deepinit.data
+    from deepinit.data.datamodule import MNISTDataModule
+
+    assert deepinit.data.MNISTDataModule is MNISTDataModule  # conf/data's _target_
+    with pytest.raises(AttributeError, match="has no attribute 'MNISTDatamodule'"):
+        deepinit.data.MNISTDatamodule  # noqa: B018

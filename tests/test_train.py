@@ -92,6 +92,21 @@ def test_bad_input_is_one_clear_line(tmp_path, mnist_root, override, message):
     assert line.startswith(f"error: {message}")
 
 
+def test_runs_dir_is_made_before_hydra_makes_a_run_folder_in_it(tmp_path):
+    """One runs_dir is made (with its parents) before Hydra's turn, so that one that cannot be made is our line;
+    a sweep over runs_dir, or none given, is left to Hydra (each job's folder, or the default runs/)."""
+    from deepinit.base.rules import ConfigError
+    from deepinit.settings.hydra import check_runs_dir
+
+    check_runs_dir(["depth=3", f"runs_dir={tmp_path / 'a,b'}", f"runs_dir={tmp_path / 'x' / 'y'}"])
+    assert (tmp_path / "x" / "y").is_dir() and not (tmp_path / "a,b").exists()  # the last runs_dir= wins
+    check_runs_dir([f"runs_dir={tmp_path / 'p'},{tmp_path / 'q'}"])
+    check_runs_dir(["depth=3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    with pytest.raises(ConfigError, match="runs_dir=/proc/nope cannot be made"):
+        check_runs_dir(["+runs_dir=/proc/nope"])
+
+
 def test_corrupted_data_file_is_named_not_trained_on(tmp_path, mnist_root):
     data = tmp_path / "data"
     shutil.copytree(mnist_root / "MNIST", data / "MNIST")
