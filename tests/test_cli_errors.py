@@ -14,8 +14,8 @@ import yaml
 
 from conftest import train_cli, train_inprocess
 
-GROUPS = ("init", "optim", "data", "trainer", "stats", "speed", "checkpoint", "arm", "architecture", "experiment",
-          "hydra/launcher")  # fmt: skip
+GROUPS = ("init", "optim", "param", "data", "trainer", "stats", "speed", "checkpoint", "arm", "architecture",
+          "experiment", "hydra/launcher")  # fmt: skip
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:

@@ -98,6 +98,7 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
         member.metrics, member.val_acc_history, history,
         init=member.init_used, steps=steps, epochs=epochs, device=str(trainer.strategy.root_device),
         training_step=kind, speed=member.speed.result() if member.speed is not None else None,
+        learning_rates={"all": member.settings.optim.lr},  # a member has one (a width parametrization runs alone)
     )  # fmt: skip
     if checkpointing:
         # Lightning checkpoints the module it trains, the stack; a member's file is its own model's weights under

@@ -110,6 +110,8 @@ class Summary:
     speed: Speed | None = None
     divergence: Divergence | None = None
     init: dict[str, Any] | None = None
+    # the optimizer's learning rate per named group (a width parametrization's per layer kind); one group: `all`
+    learning_rates: dict[str, float] | None = None
     device: str | None = None
     training_step: str | None = None
     hparams_metrics: dict[str, float] | None = None

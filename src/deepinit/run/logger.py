@@ -40,6 +40,8 @@ def hparams_row(summary: Summary, swept: dict[str, Any]) -> dict[str, Any]:
     """The HParams row: the config essentials, the keys the sweep varies, the theory's chi_1, xi_c, depth / xi_c and
     the Jacobian's predicted spread."""
     row = {**(summary.config or {}), **{k: v for k, v in swept.items() if k not in (summary.config or {})}}
+    if summary.learning_rates is not None and len(summary.learning_rates) > 1:  # a width parametrization's
+        row |= {f"lr/{name}": lr for name, lr in summary.learning_rates.items()}
     if summary.theory is not None:
         t = summary.theory
         row |= {"theory/chi_1": t.chi_1, "theory/xi_c": t.xi_c, "theory/depth_over_xi_c": t.depth_over_xi_c,

@@ -26,6 +26,7 @@ from deepinit.base.rules import ConfigError
 from deepinit.data.provision import DATASETS
 from deepinit.network.init_schemes import initialize
 from deepinit.network.model import MLP
+from deepinit.network.parametrization import param_groups, rescale
 from deepinit.observe.layer_stats import LayerStats
 from deepinit.observe.recorder import LayerRecorder
 from deepinit.observe.speed import SpeedTracker, speed_tracker
@@ -85,7 +86,11 @@ def build(
     size = settings.init.data_batch_size()
     batch = None if size is None else datamodule.sample_batch(size, seed=settings.run.seed)
     init_used = initialize(model, settings.init, batch=batch)
-    return datamodule, Classifier(model, settings.optim.factory(), fast=settings.run.fast), init_used
+    param, groups = settings.param, None
+    if not param.standard:  # sp's one group keeps the checkpoints of runs from before param= resumable
+        rescale(model, param.name, param.base_width, param.zero_readout)
+        groups = param_groups(model, param.name, settings.optim.name, settings.optim.lr, param.base_width)
+    return datamodule, Classifier(model, settings.optim.factory(), settings.run.fast, groups), init_used
 
 
 def layer_recorder(settings: Settings, init_used: dict[str, Any]) -> LayerRecorder | None:

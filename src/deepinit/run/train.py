@@ -76,5 +76,6 @@ def _run(settings: Settings, run_dir: Path, earlier: Summary | None) -> Summary:
             metrics, module.val_acc_history, recording.history if recording is not None else {},
             init=init_used, steps=trainer.global_step, epochs=trainer.current_epoch, device=str(device),
             training_step=module.step_kind, speed=tracker.result() if tracker is not None else None,
+            learning_rates=module.learning_rates(),
         )  # fmt: skip
     return record.summary

@@ -33,6 +33,7 @@ from deepinit.settings.records import (
     TOP_LEVEL,
     CheckpointSettings,
     DataSettings,
+    ParamSettings,
     Settings,
     SpeedSettings,
     StatsSettings,
@@ -75,6 +76,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group=SCHEMA, name="train", node=_schema("TrainSchema", TOP_LEVEL, "the config", Settings.GROUPS))
     store.store(group=SCHEMA, name="data", node=_schema("DataSchema", [DataSettings], "data"))
+    store.store(group=SCHEMA, name="param", node=_schema("ParamSchema", [ParamSettings], "param"))
     store.store(group=SCHEMA, name="stats", node=_schema("StatsSchema", [StatsSettings], "stats"))
     store.store(group=SCHEMA, name="speed", node=_schema("SpeedSchema", [SpeedSettings], "speed"))
     store.store(group=SCHEMA, name="checkpoint", node=_schema("CheckpointSchema", [CheckpointSettings], "checkpoint"))

@@ -40,6 +40,7 @@ from deepinit.data.provision import DATASETS
 from deepinit.network.activations import ACTIVATIONS
 from deepinit.network.init_schemes import SCHEMES, InitSettings, init_settings
 from deepinit.network.model import ALPHAS, BLOCKS, NORMS, architecture
+from deepinit.network.parametrization import PARAMS
 from deepinit.observe.stats import GROUPS
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's choices
@@ -149,6 +150,33 @@ class SpeedSettings(Checked):
             raise ConfigError(f"speed.target_acc must be a number > 0 and <= 1 (got {self.target_acc})")
 
 
+def param_label(name: str, base_width: int, zero_readout: bool) -> str:
+    """A parametrization in a few words (the HParams column, the start line, a folder's name): sp, mup base_width=256,
+    either + zero_readout."""
+    return " + ".join([name if name == "sp" else f"{name} base_width={base_width}", *(["zero_readout"] * zero_readout)])
+
+
+@dataclass(frozen=True)
+class ParamSettings(Checked):
+    """How the layers' init and learning rates follow the width (deepinit.network.parametrization): sp, the init
+    scheme's scales and one learning rate; mup, rescaled from base_width, where it equals sp. zero_readout: the last
+    layer's weights start at zero."""
+
+    PREFIX = "param"
+    name: str = setting(one_of(PARAMS))
+    base_width: int = setting(integer(1))
+    zero_readout: bool = setting(flag())
+
+    @property
+    def label(self) -> str:
+        return param_label(self.name, self.base_width, self.zero_readout)
+
+    @property
+    def standard(self) -> bool:
+        """sp with the scheme's readout: the runs from before param= existed, one learning rate for every layer."""
+        return self.name == "sp" and not self.zero_readout
+
+
 @dataclass(frozen=True)
 class CheckpointSettings(Checked):
     """Periodic checkpoints (deepinit.run.checkpoints), besides the stopped run's and the last epoch's: a kill with no
@@ -237,14 +265,14 @@ TOP_LEVEL = (ModelSettings, RunSettings)
 # summary.json's `config` and the HParams columns: column -> the config key it shows
 ESSENTIALS = {"init": "init", "depth": "depth", "width": "width", "activation": "activation", "bias": "bias",
               "architecture": "block", "optimizer": "optim", "lr": "optim.lr", "batch_size": "data.batch_size",
-              "max_epochs": "trainer.max_epochs", "data": "data", "seed": "seed"}  # fmt: skip
+              "max_epochs": "trainer.max_epochs", "data": "data", "param": "param", "seed": "seed"}  # fmt: skip
 
 
 # A lone run's folder name leaves these values unsaid (the defaults of conf/), so the default run keeps its short
 # name; any other value is said, and two runs that differ in an essential never share a name in TensorBoard's runs
 # list (tests/test_names.py checks the default run's name, which catches a default changed in conf/ alone).
 UNSAID = {"architecture": "plain", "optimizer": "adam", "lr": 3e-4, "batch_size": 128, "max_epochs": 2,
-          "max_steps": -1, "data": "MNIST", "bias": True}  # fmt: skip
+          "max_steps": -1, "data": "MNIST", "bias": True, "param": "sp"}  # fmt: skip
 
 
 MAX_SWEEP_NAME = 100
@@ -265,15 +293,16 @@ def folder_name(config: Any = None, sweep: Sequence[str] | None = None) -> str:
             name = f"{name[: MAX_SWEEP_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
         return f"sweep_{name}"
 
-    optim, data, trainer = config["optim"], config["data"], config["trainer"]
+    optim, data, trainer, param = config["optim"], config["data"], config["trainer"], config["param"]
     said = {
         "architecture": architecture(config["norm"], config["block"], config["alpha"]),
         "optimizer": str(optim["_target_"]).rpartition(".")[2].lower(),
         "lr": optim.get("lr"), "batch_size": data["batch_size"], "max_epochs": trainer.get("max_epochs"),
         "max_steps": trainer.get("max_steps"), "data": data["dataset"], "bias": config["bias"],
+        "param": param_label(param["name"], param["base_width"], param["zero_readout"]),
     }  # fmt: skip
     shown = {"architecture": "{}", "optimizer": "{}", "lr": "lr{}", "batch_size": "b{}", "max_epochs": "e{}",
-             "max_steps": "{}steps", "data": "{}", "bias": "nobias"}  # fmt: skip
+             "max_steps": "{}steps", "data": "{}", "bias": "nobias", "param": "{}"}  # fmt: skip
     parts = [str(config["init"]["name"]), str(config["activation"]), f"d{config['depth']}", f"w{config['width']}"]
     # null, or max_epochs=-1 (Lightning's "no limit"), say nothing of the run
     parts += [shown[k].format(v) for k, v in said.items() if v not in (None, -1) and v != UNSAID[k]]
@@ -301,6 +330,9 @@ def _check_architecture(settings: Settings) -> None:
     if init.name == "lsuv" and model.architecture != "plain":
         raise ConfigError(f"init=lsuv rescales a plain MLP layer by layer; with {model.architecture} choose another"
                           " init")  # fmt: skip
+    if settings.param.name != "sp" and model.depth < 3:
+        raise ConfigError(f"param={settings.param.name} scales the hidden layers with width, and depth={model.depth} "
+                          "has none; choose depth >= 3 or param=sp")  # fmt: skip
     if model.block == "residual" and model.depth < 3:
         raise ConfigError(f"block=residual skips around the square layers 2..depth-1, and depth={model.depth} has "
                           "none; choose depth >= 3")  # fmt: skip
@@ -321,6 +353,7 @@ class Settings:
     model: ModelSettings
     init: InitSettings
     data: DataSettings
+    param: ParamSettings
     stats: StatsSettings
     speed: SpeedSettings
     checkpoint: CheckpointSettings
@@ -331,7 +364,7 @@ class Settings:
     multirun: bool = False
     swept: dict[str, Any] = field(default_factory=dict)
 
-    GROUPS = ("data", "init", "stats", "speed", "checkpoint", "optim", "trainer")
+    GROUPS = ("data", "init", "param", "stats", "speed", "checkpoint", "optim", "trainer")
     # The settings that do not change a run's results: a sweep's name leaves them out, a rerun compares its settings
     # without them, a batched group lets them differ.
     NEUTRAL = _flagged("neutral")
@@ -361,6 +394,7 @@ class Settings:
             model=model,
             init=init_settings(config["init"]),
             data=DataSettings.from_dict(config["data"]),
+            param=ParamSettings.from_dict(config["param"]),
             stats=StatsSettings.from_dict(config["stats"]),
             speed=SpeedSettings.from_dict(config["speed"]),
             checkpoint=CheckpointSettings.from_dict(config["checkpoint"]),
@@ -383,7 +417,7 @@ class Settings:
         return {"init": self.init.name, "depth": m.depth, "width": m.width, "activation": m.activation,
                 "bias": m.bias, "architecture": m.architecture, "optimizer": self.optim.name, "lr": self.optim.lr,
                 "batch_size": d.batch_size, "max_epochs": self.trainer.max_epochs, "data": d.dataset,
-                "seed": self.run.seed}  # fmt: skip
+                "param": self.param.label, "seed": self.run.seed}  # fmt: skip
 
     def swept_columns(self) -> dict[str, Any]:
         """The keys this run's sweep varies as HParams columns, in the sweep's order: an essential's own column where
@@ -406,6 +440,9 @@ class Settings:
             for parent in parents:
                 node = node.get(parent, {})
             node.pop(leaf, None)
+        param = config.get("param")
+        if isinstance(param, dict) and param.get("name") == "sp" and not param.get("zero_readout"):
+            del config["param"]  # what every run from before param= ran: they compare equal
         # a group of neutral keys only (checkpoint) leaves nothing: runs from before it compare equal
         return {k: v for k, v in config.items() if v != {} or k not in cls.GROUPS}
 

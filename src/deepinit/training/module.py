@@ -47,11 +47,18 @@ def logs_now(trainer: L.Trainer, batch_idx: int) -> bool:
 
 class Classifier(L.LightningModule):
     def __init__(
-        self, model: MLP, optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer], fast: bool = True
+        self,
+        model: MLP,
+        optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer],
+        fast: bool = True,
+        param_groups: list[dict[str, Any]] | None = None,
     ) -> None:
+        """param_groups: the optimizer's named groups of the model's parameters, each with its own learning rate (a
+        width parametrization's, deepinit.network.parametrization); None: one group, the optimizer's own lr."""
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
+        self.param_groups = param_groups
         self.fast = fast
         # How often the host reads the fast step's device state (loss, divergence); None: every step on CPU,
         # where it costs nothing, every log_every_n_steps on CUDA, where each read stalls the GPU's queue.
@@ -67,6 +74,11 @@ class Classifier(L.LightningModule):
         self.automatic_optimization = not self.fast or blocker is not None
         if blocker is not None:
             log.info(f"fast step off: {blocker}")
+
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of each of the optimizer's groups as it trains, by name (one unnamed group: `all`)."""
+        optimizer = self.trainer.optimizers[0]
+        return {group.get("name", "all"): group["lr"] for group in optimizer.param_groups}
 
     @property
     def step_kind(self) -> str:
@@ -149,7 +161,8 @@ class Classifier(L.LightningModule):
         self.log("test/acc", acc, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.param_groups or self.parameters()
         if self.automatic_optimization:
-            return self.optimizer_factory(self.parameters())
+            return self.optimizer_factory(params)
         # fast: fused (one kernel for all updates, and skippable on the device); capturable for a CUDA graph
-        return fused_optimizer(self.optimizer_factory, self.parameters(), capturable=self.device.type == "cuda")
+        return fused_optimizer(self.optimizer_factory, params, capturable=self.device.type == "cuda")
