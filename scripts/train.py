@@ -71,7 +71,10 @@ def resume_command(argv: list[str]) -> list[str]:
     rest = [a for a in overrides if not a.startswith("resume=")]
     if args.cfg is None and args.info is None and not args.help:
         check_resume(folder, composed([*own, *rest]))
-    return [argv[0], *flags, *own, *rest, f"hydra.run.dir={folder}", f"resume={folder}"]
+    # quoted: a run's folder name may hold '=' (residual-alpha=1-sqrt_L, mup-base_width=256), which Hydra's override
+    # grammar takes for syntax in a bare value
+    where = f'"{folder}"' if "'" in str(folder) else f"'{folder}'"
+    return [argv[0], *flags, *own, *rest, f"hydra.run.dir={where}", f"resume={where}"]
 
 
 def composed(overrides: list[str]) -> Settings:

@@ -2,11 +2,12 @@
 rates Tensor Programs V's Table 3 gives, read back from a real optimizer, and mup equal to sp at its base width."""
 
 import json
+import signal
 
 import pytest
 import torch
 
-from conftest import compose_cfg, train_inprocess
+from conftest import compose_cfg, signal_at, train_inprocess
 from deepinit.network.init_schemes import init_settings, initialize
 from deepinit.network.model import MLP
 from deepinit.network.parametrization import param_groups, rescale
@@ -136,3 +137,42 @@ def test_a_finished_run_from_before_param_existed_counts_as_an_sp_run():
     before = {k: v for k, v in sp.config.items() if k != "param"}
     assert sp.same_results(before)
     assert not mup.same_results(before) and not zero.same_results(before)
+
+
+def test_the_step0_theory_predicts_the_logits_of_a_rescaled_readout(mnist_module):
+    """mup at 4x its base width quarters the readout's variance: the theory's logits q, given that multiplier,
+    matches the logits measured on real MNIST; the scheme's own readout scale would predict 4x too much."""
+    from deepinit.theory.profile import predict_model
+
+    x = mnist_module.sample_batch(512, seed=0).flatten(1)
+    model = kaiming_mlp(1024)
+    readout_var = rescale(model, "mup", base_width=256)
+    with torch.no_grad():
+        measured = model(x).double().square().mean().item()
+    inputs = {"scheme": "kaiming", "gain": 2**0.5, "bias_std": 0.0, "input_sqr": x.double().square().mean().item()}
+    told, _ = predict_model(model, readout_var=readout_var, **inputs)
+    untold, _ = predict_model(model, **inputs)
+    assert readout_var == 0.25
+    assert 0.7 < measured / told.q[-1] < 1.4, (measured, told.q[-1])
+    assert measured / untold.q[-1] < 0.4
+
+
+@pytest.mark.slow
+def test_a_stopped_mup_run_resumes_with_its_groups_and_ends_as_the_uninterrupted_one(tmp_path, mnist_root):
+    """The optimizer's six named groups and their Adam state go into the checkpoint and come back on resume=."""
+    args = ["param=mup", "param.base_width=32", "width=128", "depth=3", "trainer.max_steps=300",
+            "trainer.max_epochs=-1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=4",
+            "stats.every_n_steps=10", "stats.figures=false", "speed=off"]  # fmt: skip
+    whole = train_inprocess(*args, runs_dir=tmp_path / "whole", data_root=mnist_root)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    reference = summary_of(tmp_path / "whole")
+
+    done, run = signal_at(tmp_path / "stopped", mnist_root, 120, args, signal.SIGTERM)
+    assert done.returncode == 143 and json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    resumed = train_inprocess(f"resume={run}", runs_dir=tmp_path / "unused", data_root=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = summary_of(tmp_path / "stopped")
+    assert summary["resumed"] and summary["steps"] == reference["steps"] == 300
+    assert summary["learning_rates"] == reference["learning_rates"] and len(summary["learning_rates"]) == 6
+    for key in ("test_acc", "test_loss"):
+        assert summary["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-4), key

@@ -85,8 +85,10 @@ class InitSettings(Checked):
         return None
 
     def theory_inputs(self, used: dict[str, Any]) -> dict[str, Any]:
-        """The init as deepinit.theory takes it (scheme, gain, std, bias_std), given what `initialize` used."""
-        return {"scheme": self.name, "gain": used["gain"], "std": self.std_option, "bias_std": used["bias_std"]}
+        """The init as deepinit.theory takes it (scheme, gain, std, bias_std, and the readout's variance multiplier a
+        width parametrization applied), given what `initialize` used."""
+        return {"scheme": self.name, "gain": used["gain"], "std": self.std_option, "bias_std": used["bias_std"],
+                "readout_var": used.get("readout_var", 1.0)}  # fmt: skip
 
 
 @dataclass(frozen=True)

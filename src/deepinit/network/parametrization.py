@@ -95,10 +95,13 @@ def param_groups(model: MLP, param: str, optimizer: str, lr: float, base_width: 
 
 
 @torch.no_grad()
-def rescale(model: MLP, param: str, base_width: int, zero_readout: bool = False) -> None:
-    """After the init scheme drew the weights: the readout's variance x m**init_var (mup: 1/m), or zero."""
+def rescale(model: MLP, param: str, base_width: int, zero_readout: bool = False) -> float:
+    """After the init scheme drew the weights: the readout's variance x m**init_var (mup: 1/m), or zero. Returns
+    that multiplier of the variance (the theory's readout_var)."""
     readout = model.linears[-1].weight
     if zero_readout:
         readout.zero_()
-        return
-    readout.mul_(math.sqrt(width_multiplier(model, base_width) ** RULES[param]["readout"].init_var))
+        return 0.0
+    multiplier = width_multiplier(model, base_width) ** RULES[param]["readout"].init_var
+    readout.mul_(math.sqrt(multiplier))
+    return multiplier

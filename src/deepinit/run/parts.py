@@ -88,7 +88,7 @@ def build(
     init_used = initialize(model, settings.init, batch=batch)
     param, groups = settings.param, None
     if not param.standard:  # sp's one group keeps the checkpoints of runs from before param= resumable
-        rescale(model, param.name, param.base_width, param.zero_readout)
+        init_used["readout_var"] = rescale(model, param.name, param.base_width, param.zero_readout)
         groups = param_groups(model, param.name, settings.optim.name, settings.optim.lr, param.base_width)
     return datamodule, Classifier(model, settings.optim.factory(), settings.run.fast, groups), init_used
 

@@ -170,14 +170,22 @@ def batchnorm_gradient_rate(activation: str) -> float:
 
 
 def predict_model(
-    model, scheme: str, gain: float, std: float | None = None, input_sqr: float = 1.0, bias_std: float | None = 0.0
+    model,
+    scheme: str,
+    gain: float,
+    std: float | None = None,
+    input_sqr: float = 1.0,
+    bias_std: float | None = 0.0,
+    readout_var: float = 1.0,
 ) -> tuple[Prediction, str]:
     """Prediction for an initialized `deepinit.network.model.MLP`; returns it with a note on where sigma_w^2 came
-    from."""
+    from. readout_var: what a width parametrization multiplied the scheme's readout variance by (mup: base_width /
+    width; 0 for a zero readout)."""
     shapes = [(lin.in_features, lin.out_features) for lin in model.linears]
     from_formula = [scheme_sigma_w2(scheme, fan_in, fan_out, gain, std) for fan_in, fan_out in shapes]
     if all(s is not None for s in from_formula):
         sigma_w2, note = from_formula, f"sigma_w^2 from the {scheme} formula (gain {gain:.4g})"
+        sigma_w2[-1] = (sigma_w2[-1][0] * readout_var, sigma_w2[-1][1] * readout_var)  # measured weights have it
     else:
         sigma_w2 = [measured_sigma_w2(lin.weight) for lin in model.linears]
         note = f"sigma_w^2 measured from the weights {scheme} produced (its scale has no closed form)"

@@ -52,7 +52,7 @@ class Trainability:
 
 
 def trainability(
-    model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0
+    model, scheme: str, gain: float, std: float | None = None, bias_std: float | None = 0.0, readout_var: float = 1.0
 ) -> Trainability:
     """depth_scales at the (sigma_w^2, sigma_b^2) of an initialized `deepinit.network.model.MLP`'s hidden layers, with
     the network's depth against them and what was assumed."""
@@ -75,7 +75,7 @@ def trainability(
     scales = depth_scales(model.activation, sigma_w2, sigma_b2)
     depth = model.depth
     # the step-0 profile from a unit input (normalized MNIST: E x^2 = 1), the stack the recorder measures
-    pred, _ = predict_model(model, scheme, gain, std, input_sqr=1.0, bias_std=bias_std)
+    pred, _ = predict_model(model, scheme, gain, std, input_sqr=1.0, bias_std=bias_std, readout_var=readout_var)
     no_theory = {"m1": math.nan, "s2": math.nan}  # the Jacobian's theory is the plain stack's
     spectrum = isometry(model.activation, pred, range(1, depth - 1)) if model.plain else no_theory
     q_star = scales["q_star"] if math.isfinite(scales["q_star"]) else Q_UNBOUNDED
