@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# make test runs the suite in a worker per core (pytest-xdist). One torch thread each: torch's default, a thread per
+# make test runs the suite in WORKERS processes (pytest-xdist). One torch thread each: torch's default, a thread per
 # core in every worker, oversubscribes the cores and its spinning threads made two workers slower than one.
 # OMP_NUM_THREADS reaches the processes a test starts.
 if os.environ.get("PYTEST_XDIST_WORKER"):

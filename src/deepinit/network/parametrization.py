@@ -14,10 +14,10 @@ multiplier m = width / base_width,
 
 (TP5's Table 3 in its relative form: its fan_in and fan_out of width size become m, those of fixed size 1. Its
 "input weights and all biases" row is split here by fan_out: a bias of the logits' size is finite in both.) Only the
-init and the learning rates change, never the forward pass: the statistics, the theory at step 0 (but for the
-readout's scale) and the batched stack see the same network. The init scheme still draws every layer; the
-parametrization rescales the readout afterwards (rescale), or zeroes it (zero_readout). Adam's rules stand for any
-adaptive optimizer (its update's size does not follow the gradient's); SGD's for plain gradient descent.
+init and the learning rates change, never the forward pass: the statistics, the theory at step 0 (told the
+readout's scale: rescale returns it) and the batched stack see the same network. The init scheme still draws every
+layer; the parametrization rescales the readout afterwards (rescale), or zeroes it (zero_readout). Adam's rules
+stand for any adaptive optimizer (its update's size does not follow the gradient's); SGD's for plain gradient descent.
 """
 
 from __future__ import annotations

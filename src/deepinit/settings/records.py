@@ -156,6 +156,11 @@ def param_label(name: str, base_width: int, zero_readout: bool) -> str:
     return " + ".join([name if name == "sp" else f"{name} base_width={base_width}", *(["zero_readout"] * zero_readout)])
 
 
+def standard_param(name: str, zero_readout: bool) -> bool:
+    """sp with the scheme's readout: what every run from before param= ran, one learning rate for every layer."""
+    return name == "sp" and not zero_readout
+
+
 @dataclass(frozen=True)
 class ParamSettings(Checked):
     """How the layers' init and learning rates follow the width (deepinit.network.parametrization): sp, the init
@@ -173,8 +178,7 @@ class ParamSettings(Checked):
 
     @property
     def standard(self) -> bool:
-        """sp with the scheme's readout: the runs from before param= existed, one learning rate for every layer."""
-        return self.name == "sp" and not self.zero_readout
+        return standard_param(self.name, self.zero_readout)
 
 
 @dataclass(frozen=True)
@@ -441,7 +445,7 @@ class Settings:
                 node = node.get(parent, {})
             node.pop(leaf, None)
         param = config.get("param")
-        if isinstance(param, dict) and param.get("name") == "sp" and not param.get("zero_readout"):
+        if isinstance(param, dict) and standard_param(param.get("name"), param.get("zero_readout")):
             del config["param"]  # what every run from before param= ran: they compare equal
         # a group of neutral keys only (checkpoint) leaves nothing: runs from before it compare equal
         return {k: v for k, v in config.items() if v != {} or k not in cls.GROUPS}
