@@ -61,7 +61,7 @@ def _train_group(
             device = trainer.strategy.root_device
             datamodule.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in datamodule.splits.items()}
             train = StackedBatches(
-                [TensorBatches(*datamodule.splits["train"], first.data.batch_size, shuffle=True,
+                [TensorBatches(*datamodule.splits["train"], first.data.batch_size, first.data.shuffle,
                                seed=own.data.shuffle_seed) for own in settings]
             )  # fmt: skip
             stack = StackedMLP([m.model for m in members])

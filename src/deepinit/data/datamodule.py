@@ -83,6 +83,7 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         shuffle_seed: int = 0,
+        shuffle: bool = True,
         mean: float = 0.1307,
         std: float = 0.3081,
         download: bool = True,
@@ -93,6 +94,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.dataset, self.batch_size, self.eval_batch_size = dataset, batch_size, eval_batch_size
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.shuffle = shuffle
         self.mean, self.std, self.download = mean, std, download
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
@@ -125,7 +127,7 @@ class MNISTDataModule(L.LightningDataModule):
         # data.batch_size is per process: under DDP on k devices a step sees k * batch_size samples
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         batches = TensorBatches(
-            *self.splits["train"], self.batch_size, shuffle=True, seed=self.shuffle_seed, rank=rank, world=world
+            *self.splits["train"], self.batch_size, self.shuffle, seed=self.shuffle_seed, rank=rank, world=world
         )
         loop = self.trainer.fit_loop if self.trainer is not None else None
         if loop is not None and loop.restarting:

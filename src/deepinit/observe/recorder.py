@@ -81,19 +81,28 @@ class LayerRecorder:
         # (group, quantity) -> [(step, values per layer)], kept for the figures
         self.history: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
         self._step: int | None = None
+        # the coord check's reference: the first record's input and each layer's output on it (stats group coords)
+        self._coord_first: tuple[Tensor, list[Tensor]] | None = None
         self._tag_cache: dict[tuple[str, str, int, int], list[str]] = {}
 
     # --- state: a resumed run's figures and theory span the whole run, and step 0 is not predicted again -------
     def state_dict(self) -> dict[str, Any]:
         # tensors, not numpy arrays: Lightning loads checkpoints with torch.load(weights_only=True)
         history = {key: [(step, torch.from_numpy(v)) for step, v in rows] for key, rows in self.history.items()}
-        return {"history": history, "prediction": {k: torch.from_numpy(v) for k, v in self.prediction.items()}}
+        state = {"history": history, "prediction": {k: torch.from_numpy(v) for k, v in self.prediction.items()}}
+        if self._coord_first is not None:  # a resumed run's changes are still measured from the same step-0 outputs
+            x, outputs = self._coord_first
+            state["coord_first"] = [x.cpu(), *(h.cpu() for h in outputs)]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = defaultdict(list)
         for key, rows in state_dict["history"].items():
             self.history[tuple(key)] = [(int(step), v.numpy()) for step, v in rows]
         self.prediction = {k: v.numpy() for k, v in state_dict["prediction"].items()}
+        if "coord_first" in state_dict:
+            x, *outputs = state_dict["coord_first"]
+            self._coord_first = (x, list(outputs))
 
     # --- set-up -------------------------------------------------------------------------------------------
     def open(self, model: MLP, writer: SummaryWriter | None, out_dir: Path) -> None:
@@ -141,6 +150,7 @@ class LayerRecorder:
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._before: list[Tensor] | None = None
         self._jacobian: Tensor | None = None
+        self._coord_now: list[Tensor] | None = None
         self._handles = []
 
     def observe(
@@ -187,6 +197,7 @@ class LayerRecorder:
         if "weight_grads" in self.groups and all(w.grad is not None for w in weights):
             self._pending = stats.weight_stats([w.detach() for w in weights], [w.grad.detach() for w in weights])
         self._unhook()  # forward and backward are done; the Jacobian's passes below must not be captured
+        self._coord_now = self._coord_outputs()  # before the update: the weights this step's outputs came from
         if self._predicting():  # the Jacobian of the initialization, before the first update changes it
             self._jacobian = jacobian_measured(self.model, self._post[0], self.isometry_max_depth)
 
@@ -216,6 +227,8 @@ class LayerRecorder:
         if self._before is not None:
             before_std = self._pending["weights"]["std"] if self._pending else None
             found |= stats.update_stats(self._before, weights, before_std)
+        if "coords" in self.groups and all(t is not None for t in self._pre):
+            found |= self._coords()
         found = {g: q for g, q in found.items() if g in self.groups}
         predicting = self._predicting() and "preactivations" in found
         if predicting:
@@ -226,6 +239,38 @@ class LayerRecorder:
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._histograms(step)
         self._pre = self._post = self._normed = self._grads = self._before = self._input = None  # free the batch
+
+    def _coord_outputs(self) -> list[Tensor] | None:
+        """Each layer's output now on the first coord record's input: this step's own where it saw that input (the
+        coord check trains on one fixed batch), else from a forward pass on it, outside training (no grad; the
+        normalization's running statistics put back). None where there is nothing to compare with yet."""
+        if "coords" not in self.groups or self._coord_first is None or any(t is None for t in self._pre):
+            return None
+        first_x = self._coord_first[0].to(self._input.device)
+        if first_x.shape == self._input.flatten(1).shape and torch.equal(first_x, self._input.flatten(1)):
+            return self._pre
+        outputs: list[Tensor] = []
+        handles = [tap.register_forward_hook(lambda m, i, out: outputs.append(out.detach())) for tap in self.model.taps]
+        buffers = [b.clone() for b in self.model.buffers()]
+        try:
+            with torch.no_grad():
+                self.model(first_x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            with torch.no_grad():
+                for b, kept in zip(self.model.buffers(), buffers, strict=True):
+                    b.copy_(kept)
+        return outputs
+
+    def _coords(self) -> dict[str, dict[str, Tensor]]:
+        """The coords group: each layer's output size (this step's batch) and its change since the first record."""
+        if self._coord_first is None:
+            self._coord_first = (self._input.flatten(1).clone(), [h.clone() for h in self._pre])
+            now = self._pre
+        else:
+            now = self._coord_now if self._coord_now is not None else self._coord_outputs()
+        return stats.coord_stats(self._pre, [h.to(now[0].device) for h in self._coord_first[1]], now)
 
     def _predict(self, found: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Theory at the first logging step (the initialization), next to what was just measured."""

@@ -30,6 +30,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "weights": ("std", "norm"),
     "weight_grads": ("std", "norm", "grad_data_ratio"),
     "updates": ("std", "log10_update_data_ratio"),
+    # the coord check's (docs/width.md): each Linear's output h (the logits last), its mean |h| and the mean |h - h_0|
+    # of its change since the first record, on that record's batch; not in stats' default groups
+    "coords": ("l1", "delta_l1"),
 }
 
 
@@ -230,6 +233,20 @@ def update_stats(
     d_std = rowwise(deltas, _std)
     w_std = rowwise(before, _std) if before_std is None else before_std
     return {"updates": {"std": d_std, "log10_update_data_ratio": torch.log10(d_std / w_std)}}
+
+
+def _l1_rows(stacked: Tensor) -> Tensor:
+    return stacked.flatten(1).abs().mean(1)
+
+
+def coord_stats(
+    outputs: Sequence[Tensor], first: Sequence[Tensor], now: Sequence[Tensor] | None = None
+) -> dict[str, dict[str, Tensor]]:
+    """The coord check's sizes (Yang et al. 2022; mup's coord_check): per layer the mean |h| of its output, and the
+    mean |h - h_first| of its change since `first`, its output on the first record's inputs; `now`: the output on
+    those inputs now, where this step saw other inputs (default: `outputs`, the same inputs)."""
+    changes = foreach_sub(list(outputs if now is None else now), list(first))
+    return {"coords": {"l1": rowwise(outputs, _l1_rows), "delta_l1": rowwise(changes, _l1_rows)}}
 
 
 HISTOGRAM_BINS = 64

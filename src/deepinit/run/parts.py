@@ -132,9 +132,12 @@ def assemble(settings: Settings, record: RunRecord, datamodule: L.LightningDataM
 def predict_trainability(
     settings: Settings, model: MLP, init_used: dict[str, Any], quiet: bool = False
 ) -> theory.Trainability:
-    """The depth scales of this run's init and whether its depth is within 6 xi_c, said in one line before the
-    first step (summary.json's `theory`)."""
+    """The depth scales of this run's init and whether its depth is within 6 xi_c, and its regime as width grows,
+    said in one line before the first step (summary.json's `theory`)."""
     prediction = theory.trainability(model, **settings.init.theory_inputs(init_used))
+    param, optimizer = settings.param, settings.optim.name
+    scaling = theory.width_scaling(param.name, optimizer, param.zero_readout)
+    prediction.regime, prediction.width = scaling.regime, theory.width_line(scaling, param.label)
     (log.debug if quiet else log.info)(theory.verdict(prediction))
     return prediction
 

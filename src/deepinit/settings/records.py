@@ -92,6 +92,7 @@ class DataSettings(Checked):
     val_size: int = setting(integer(0))
     split_seed: int = setting(integer())
     shuffle_seed: int = setting(integer(), per_member=True)
+    shuffle: bool = setting(flag())
     mean: float = setting(number())
     std: float = setting(number(above=0))
     download: bool = setting(flag())
@@ -379,6 +380,9 @@ class Settings:
     # What a resumed run may change besides NEUTRAL: how long it trains. Nothing else in the loop reads them (no
     # schedule), so going on further ends as a run given the longer budget from the start would.
     RESUMABLE = ("trainer.max_steps", "trainer.max_epochs")
+    # Settings added after runs were made, at the value every earlier run had: a run with that value compares equal to
+    # one from before the setting (a rerun sweep does not retrain its finished jobs).
+    AS_BEFORE = {"data.shuffle": True}
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], multirun: bool = False, swept: dict[str, Any] | None = None) -> Settings:
@@ -447,6 +451,10 @@ class Settings:
         param = config.get("param")
         if isinstance(param, dict) and standard_param(param.get("name"), param.get("zero_readout")):
             del config["param"]  # what every run from before param= ran: they compare equal
+        for key, value in cls.AS_BEFORE.items():
+            group, leaf = key.split(".")
+            if config.get(group, {}).get(leaf, value) == value:
+                config.get(group, {}).pop(leaf, None)
         # a group of neutral keys only (checkpoint) leaves nothing: runs from before it compare equal
         return {k: v for k, v in config.items() if v != {} or k not in cls.GROUPS}
 

@@ -11,7 +11,9 @@ gradient of the logits (the theory does not predict the loss's own gradient).
 - profile.py: the layer-by-layer prediction with its finite-width band, sigma_w^2 per scheme, the Jacobian spectrum;
 - depth_scales.py: fixed points, the correlation map, chi_1, xi_q, xi_c, the phase, the edge of chaos;
 - verdict.py: a run's verdict before its first step (Trainability: depth scales and the Jacobian's conditioning)
-  and the line it prints.
+  and the line it prints;
+- width.py: how each layer's output and its change after a step scale with width, per parametrization and
+  optimizer, and the regime (feature learning, kernel, unstable) that follows.
 """
 
 from deepinit.theory.depth_scales import (
@@ -33,10 +35,12 @@ from deepinit.theory.moments import (
 )
 from deepinit.theory.profile import Prediction, isometry, measured_sigma_w2, predict, predict_model, scheme_sigma_w2
 from deepinit.theory.verdict import ISOMETRIC_RATE, Trainability, conditioning, trainability, verdict
+from deepinit.theory.width import WidthScaling, width_line, width_scaling
 
 __all__ = [
     "ISOMETRIC_RATE", "TRAINABLE_XI", "Prediction", "Trainability", "conditioning", "correlation_profile",
     "correlation_step", "depth_scales", "derivative_second_moment", "derivative_spread", "edge_of_chaos",
     "fixed_point_q", "fourth_moment_ratio", "gauss_expect", "isometry", "mean", "measured_sigma_w2", "pair_expect",
-    "predict", "predict_model", "scheme_sigma_w2", "second_moment", "trainability", "verdict",
+    "predict", "predict_model", "scheme_sigma_w2", "second_moment", "trainability", "verdict", "WidthScaling",
+    "width_line", "width_scaling",
 ]  # fmt: skip

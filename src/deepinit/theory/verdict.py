@@ -49,6 +49,10 @@ class Trainability:
     # plain)
     architecture: str = "plain"
     expectation: str | None = None
+    # as width grows (deepinit.theory.width, docs/theory.md 9): the regime of the run's parametrization and optimizer
+    # at its fixed learning rate, and the verdict's sentence on it (None: a run from before it was said)
+    regime: str | None = None
+    width: str | None = None
 
 
 def trainability(
@@ -137,6 +141,7 @@ def verdict(t: Trainability) -> str:
             f"xi_c={t.xi_c:.3g}, trains to about 6 xi_c = {t.trainable_depth:.0f} layers; depth {t.depth} is {where}"
         )
     assumed = "".join(f"; assumed: {note}" for note in t.assumed)
+    width = f"; {t.width}" if t.width else ""
     if t.expectation is not None:  # the depth scales and the Jacobian's theory are the plain MLP's
-        return f"{head}, {t.architecture}: {t.expectation}{assumed}"
-    return f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}{assumed}"
+        return f"{head}, {t.architecture}: {t.expectation}{width}{assumed}"
+    return f"{head}: {t.phase} (chi_1={t.chi_1:.4g}), {reach}; {conditioning(t)}{width}{assumed}"
