@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg, train_inprocess
+from conftest import compose_cfg, read_events, train_inprocess
 from deepinit.network import parametrization
 from deepinit.network.init_schemes import init_settings, initialize
 from deepinit.network.model import MLP
@@ -169,3 +169,38 @@ def test_a_finished_run_from_before_data_shuffle_existed_counts_as_shuffled():
     del before["data"]["shuffle"]
     assert shuffled.same_results(before)
     assert fixed.differing(before) == {"data.shuffle": ("(unset)", False)}
+
+
+@pytest.mark.slow
+def test_the_lr_transfer_report_gives_each_widths_best_rate_from_the_tail_of_its_training_loss(tmp_path, mnist_root):
+    lrs = (2**-12, 2**-9, 2**-6)
+    done = train_inprocess("-m", "experiment=lr_transfer", "width=32,64", f"optim.lr={','.join(map(str, lrs))}",
+                           "depth=3", "param.base_width=32", "trainer.max_steps=40", "trainer.val_check_interval=40",
+                           "trainer.limit_val_batches=1", "sweep_name=transfer", runs_dir=tmp_path,
+                           data_root=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "transfer"
+    rows = read_coord_csv(sweep / "lr_transfer.csv")
+    assert list(rows[0]) == ["param", "optimizer", "width", "lr", "seed", "steps", "train_loss", "val_acc", "status"]
+    assert len(rows) == 12 and {r["steps"] for r in rows} == {"40"} and {r["status"] for r in rows} == {"ok"}
+
+    # train_loss: the mean of the losses logged in the last tenth of the steps, as TensorBoard has them
+    name = ("optim.lr=0.001953125,", "param=mup,width=64")
+    (job,) = [p.parent for p in sweep.glob("*/summary.json") if all(part in p.parent.name for part in name)]
+    losses = [e.value for e in read_events(job).Scalars("Overview/loss, train")]
+    assert len(losses) == 40
+    (row,) = [r for r in rows if (r["param"], r["width"], float(r["lr"])) == ("mup", "64", 2**-9)]
+    assert float(row["train_loss"]) == pytest.approx(np.mean(losses[-4:]), rel=1e-6)
+
+    # report.md's best rate per width is the lowest training loss of lr_transfer.csv
+    report = (sweep / "report.md").read_text()
+    for param in ("sp", "mup"):
+        best = {}
+        for width in ("32", "64"):
+            here = {float(r["lr"]): float(r["train_loss"]) for r in rows if (r["param"], r["width"]) == (param, width)}
+            best[width] = math.log2(min(here, key=here.get))
+        (line,) = [line for line in report.splitlines() if line.startswith(f"| {param} | adam | 2^")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert [c.split()[0] for c in cells[2:4]] == [f"2^{best['32']:g}", f"2^{best['64']:g}"]
+        assert float(cells[-1]) == best["64"] - best["32"]
+    assert (sweep / "report_lr_transfer.png").stat().st_size > 10_000

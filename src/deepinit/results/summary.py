@@ -63,11 +63,29 @@ class Metrics:
     val_loss: float | None
     train_loss: float | None
     train_acc: float | None  # the last logged batch's
+    # the mean of the train/loss values logged in the last tenth of the run's steps (each a batch's: one alone is
+    # noisy); every step's with trainer.log_every_n_steps=1. A run resumed within that tenth: its last attempt's
+    train_loss_tail: float | None = None
 
     @classmethod
-    def final(cls, logged: dict[str, float], val_acc_history: list[float]) -> Metrics:
+    def final(
+        cls,
+        logged: dict[str, float],
+        val_acc_history: list[float],
+        train_losses: list[tuple[int, float]] = (),
+        steps: int | None = None,
+    ) -> Metrics:
+        """logged: the last logged values; train_losses: (step, train/loss) as logged (steps from 0), of a run of
+        `steps` optimizer steps (None: up to the last logged one)."""
+
         def last(key: str) -> float | None:
             return None if logged.get(key) is None else float(logged[key])
+
+        tail = None
+        if train_losses:
+            steps = steps or max(step for step, _ in train_losses) + 1
+            values = [loss for step, loss in train_losses if step >= steps - max(steps // 10, 1)]
+            tail = float(sum(values) / len(values)) if values else None
 
         return cls(
             test_acc=last("test/acc"),
@@ -77,6 +95,7 @@ class Metrics:
             val_loss=last("val/loss"),
             train_loss=last("train/loss"),
             train_acc=last("train/acc"),
+            train_loss_tail=tail,
         )
 
 

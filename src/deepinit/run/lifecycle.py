@@ -254,7 +254,8 @@ class RunRecord:
         summary = self.summary
         if summary.status != "diverged":
             summary.status = "ok"
-        summary.metrics = Metrics.final(metrics, val_acc_history)
+        losses = self.logger.train_losses if self.logger is not None else []
+        summary.metrics = Metrics.final(metrics, val_acc_history, losses, fields.get("steps"))
         for name, value in fields.items():
             setattr(summary, name, value)
         summary.hparams_metrics = hparams_metrics(summary, history)

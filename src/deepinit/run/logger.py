@@ -97,6 +97,7 @@ class RunLogger(TensorBoardLogger):
     def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         # purge_step: SummaryWriter's; TensorBoard then drops the earlier event files' entries from that step on
         super().__init__(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
+        self.train_losses: list[tuple[int, float]] = []  # (step, train/loss) as logged: summary's train_loss_tail
 
     @rank_zero_only  # under DDP the other processes' experiment is a dummy with no file writer
     def log_hyperparams(
@@ -126,6 +127,8 @@ class RunLogger(TensorBoardLogger):
             writer.add_summary(summary, step)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if "train/loss" in metrics and step is not None:
+            self.train_losses.append((step, float(metrics["train/loss"])))
         super().log_metrics({tag_of(k): v for k, v in metrics.items()}, step)
 
     def finalize(self, status: str) -> None:

@@ -25,14 +25,14 @@ import numpy as np
 from deepinit.observe.figures import plt
 from deepinit.results.summary import FINISHED, Summary
 from deepinit.run.lifecycle import status
-from deepinit.sweep import architecture_report, coord_report, phase, speed_report
+from deepinit.sweep import architecture_report, coord_report, lr_transfer_report, phase, speed_report
 
 log = logging.getLogger(__name__)
 
 # The report's sections beyond the table: modules with STEM (<stem>.csv, report_<stem>.png), TITLE, COLUMNS,
 # rows_of(jobs), applies(rows), figure(rows) and agreement_lines(rows, jobs) (report.md's text; jobs: every run of
 # the sweep, for a section that says which it could not use).
-SECTIONS = (phase, speed_report, architecture_report, coord_report)
+SECTIONS = (phase, speed_report, architecture_report, coord_report, lr_transfer_report)
 COLUMNS = [
     "job", "status", "init", "activation", "architecture", "depth", "width", "optimizer", "lr", "seed", "test_acc",
     "best_val_acc", "test_loss", "divergence_step", "divergence_layer", "wall_time_s", "reason",
