@@ -6,10 +6,16 @@
 
 Cases: the reference loop (plain PyTorch, data as one tensor on the device, torch's default optimizer
 settings); the project's path (Lightning, the fast step) with stats off, default and full; the project's
-path with fast=false (the plain eager step); and the usual tutorial pipeline (torchvision MNIST with
-ToTensor/Normalize per sample, a DataLoader with 0 workers). They are measured in turn, repeat after repeat
-(so machine noise hits them alike), after a warm-up that is not timed; the table shows the median samples/s
-and each case's ratio to the reference loop. Results go to <out>/bench-<device>.json and .md.
+path with fast=false (the plain eager step); the usual tutorial pipeline (torchvision MNIST with
+ToTensor/Normalize per sample, a DataLoader with 0 workers); with --group K, K seeds as one batched group; with
+--lr-grid N, N learning rates (an octave apart) job by job and as one batched group, each member at its own rate,
+over the timed steps and as whole jobs (set-up, every step, summary: what a sweep's time is made of):
+
+    python scripts/bench.py --depth 4 --lr-grid 10 --cases "lr grid of 10"
+
+They are measured in turn, repeat after repeat (so machine noise hits them alike), after a warm-up that is not
+timed; the table shows the median samples/s and each case's ratio to the reference loop. Results go to
+<out>/bench-<device>.json and .md.
 """
 
 from __future__ import annotations
@@ -166,6 +172,26 @@ def batched_group(runs: list[Settings], device: torch.device, warmup: int, steps
     return len(runs) * steps * runs[0].data.batch_size / (marks[warmup + steps] - marks[warmup])
 
 
+def one_by_one(runs: list[Settings], datamodule, device: torch.device, warmup: int, steps: int) -> float:
+    """The same runs job by job, as a sweep without the batched launcher trains them: samples/s over their
+    timed steps together."""
+    seconds = sum(steps * run.data.batch_size / project_path(run, datamodule, device, warmup, steps) for run in runs)
+    return len(runs) * steps * runs[0].data.batch_size / seconds
+
+
+def whole_jobs(runs: list[Settings], batched: bool) -> float:
+    """The runs from their settings to their summaries (deepinit.run.train.run each, or one train_group), as a sweep
+    runs them: samples/s over the wall time, set-up and summaries included."""
+    from deepinit.run.train import run as train_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [Path(tmp) / str(i) for i in range(len(runs))]
+        start = time.perf_counter()
+        summaries = train_group(runs, dirs) if batched else [train_run(r, d) for r, d in zip(runs, dirs, strict=True)]
+        seconds = time.perf_counter() - start
+    return sum(s.steps for s in summaries) * runs[0].data.batch_size / seconds
+
+
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -193,6 +219,13 @@ def main() -> None:
         default=None,
         help="also K runs batched as one stacked model (default: 16 on CUDA, none on CPU)",
     )
+    parser.add_argument(
+        "--lr-grid",
+        type=int,
+        default=0,
+        help="also a learning-rate grid of N runs (lr 2^-14, 2^-13, ..., stats off, as experiment=lr_transfer): "
+        "batched as one stacked model against job by job",
+    )
     parser.add_argument("--optim", default=None, help="conf/optim choice (adam, sgd); default: the project's")
     parser.add_argument(
         "--matmul-precision",
@@ -203,8 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default=None,
-        help="only the cases whose names end with one of these, comma-separated (e.g. 'stats off,stats default,"
-        "stats full'), beside the reference loop; default: every case",
+        help="only the cases whose names end or begin with one of these, comma-separated (e.g. 'stats off,stats "
+        "default,stats full', 'lr grid of 10'), beside the reference loop; default: every case",
     )
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown results")
     args = parser.parse_args()
@@ -239,6 +272,8 @@ def main() -> None:
         eager_run = compose_settings("fast=false")
         on_device = f"trainer.accelerator={device.type}"
         group_runs = [compose_settings(*short, f"seed={seed}", on_device) for seed in range(group)]
+        grid = [2.0 ** (-14 + i) for i in range(args.lr_grid)]
+        lr_runs = [compose_settings(*short, "stats=off", f"optim.lr={lr}", on_device) for lr in grid]
     datamodule, _, _ = build(run)
     warmup, steps = args.warmup, args.steps
     reference_name = "reference loop (plain PyTorch)"
@@ -253,9 +288,18 @@ def main() -> None:
     batched_name = f"batched group of {group} runs (stats default, summed)"
     if group:
         cases[batched_name] = lambda: batched_group(group_runs, device, warmup, steps)
+    grid = f"lr grid of {len(lr_runs)}"
+    grid_names = {"steps": (f"{grid}, job by job (stats off, summed)", f"{grid}, batched (stats off, summed)"),
+                  "jobs": (f"{grid}, job by job, whole jobs", f"{grid}, batched, whole jobs")}  # fmt: skip
+    if lr_runs:
+        cases[grid_names["steps"][0]] = lambda: one_by_one(lr_runs, datamodule, device, warmup, steps)
+        cases[grid_names["steps"][1]] = lambda: batched_group(lr_runs, device, warmup, steps)
+        cases[grid_names["jobs"][0]] = lambda: whole_jobs(lr_runs, batched=False)
+        cases[grid_names["jobs"][1]] = lambda: whole_jobs(lr_runs, batched=True)
     if args.cases:
         wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
-        cases = {n: f for n, f in cases.items() if n == reference_name or any(n.endswith(w) for w in wanted)}
+        chosen = [n for n in cases if any(n.endswith(w) or n.startswith(w) for w in wanted)]
+        cases = {n: f for n, f in cases.items() if n == reference_name or n in chosen}
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-Trainer banners between rows
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for repeat in range(args.repeats):
@@ -306,6 +350,14 @@ def main() -> None:
             f"batched group of {group} vs the same runs one by one: {median[batched_name] / default:.2f}x the project"
             f"'s path (stats default), {median[batched_name] / reference:.2f}x the reference loop"
         )
+    for what, (alone, batched) in grid_names.items():
+        if alone in median and batched in median:
+            paired = statistics.median(b / a for a, b in zip(samples[alone], samples[batched], strict=True))
+            lines.append(
+                f"{grid} (lr 2^-14 to 2^{-15 + len(lr_runs)}), batched vs job by job, "
+                f"{'the timed steps' if what == 'steps' else 'whole jobs'}: {median[batched] / median[alone]:.2f}x"
+                f" (the median of each repeat's own: {paired:.2f}x)"
+            )
     print("\n" + "\n".join(lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -179,3 +179,30 @@ def test_each_member_measures_its_learning_speed_as_it_would_alone(lone_and_batc
         assert b["curve"][-1][1] > b["curve"][0][1] + 0.05  # it learned (xavier + relu slowly: 0.08 -> 0.16)
         logged = read_events(root / f"batched_{init}").Scalars(tag_of("speed/val_acc"))
         assert [(e.step, pytest.approx(e.value)) for e in logged] == [tuple(p) for p in b["curve"]]
+
+
+@pytest.mark.slow
+def test_members_at_their_own_learning_rates_and_parametrizations_follow_their_lone_runs(tmp_path, mnist_root):
+    """A width's lr grid, sp and mup, as one stacked model (each member its own rate per layer kind: GroupStep's
+    factors) ends as each run alone: the same losses step by step (to the tolerance of batched matmuls) and rates."""
+    common = ["depth=4", "width=128", "param.base_width=32", "trainer.max_steps=30", "trainer.log_every_n_steps=1",
+              "stats=off", "speed=off", "trainer.limit_val_batches=0"]  # fmt: skip
+    grid = [("sp", 1e-3), ("sp", 2**-12), ("mup", 1e-3), ("mup", 2**-7)]
+    cfgs = [compose_cfg(*common, f"param={p}", f"optim.lr={lr}", data_root=mnist_root) for p, lr in grid]
+    assert len({cfg.group_key() for cfg in cfgs}) == 1
+    names = [f"{p}_{lr}" for p, lr in grid]
+    lone = [run(cfg, tmp_path / f"lone_{n}").to_json() for cfg, n in zip(cfgs, names, strict=True)]
+    batched = [s.to_json() for s in train_group(cfgs, [tmp_path / f"batched_{n}" for n in names])]
+    losses = {}
+    for name, alone, member in zip(names, lone, batched, strict=True):
+        a, b = scalars(tmp_path / f"lone_{name}", LOSS), scalars(tmp_path / f"batched_{name}", LOSS)
+        assert len(a) == len(b) == 30
+        relative = (a - b).abs() / a
+        assert relative[:10].max() < 1e-4, (name, relative[:10])  # measured: 6e-7 and below, both kernel sets
+        assert ((a.view(3, 10).mean(1) - b.view(3, 10).mean(1)).abs() / a.view(3, 10).mean(1)).max() < 1e-2
+        assert member["learning_rates"] == pytest.approx(alone["learning_rates"])
+        assert member["training_step"] == "batched"
+        losses[name] = b
+    # the rates differ enough that a member trained at another's would be far off its own trajectory
+    assert (losses["sp_0.001"][10:] - losses["sp_0.000244140625"][10:]).abs().mean() > 0.05
+    assert (losses["mup_0.001"][10:] - losses["sp_0.001"][10:]).abs().mean() > 0.01

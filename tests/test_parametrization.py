@@ -118,16 +118,21 @@ def test_bad_parametrizations_are_one_line(tmp_path, overrides, says):
 
 
 @pytest.mark.slow
-def test_the_batched_launcher_groups_the_sp_runs_and_runs_mup_alone_with_its_rates(tmp_path, mnist_root):
-    done = train_inprocess("-m", "hydra/launcher=batched", "param=sp,mup", "init=kaiming,xavier", "width=32", *TINY[1:],
-                           "depth=3", "trainer.max_steps=5", runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
+def test_the_batched_launcher_trains_sp_and_mup_runs_of_one_width_and_every_lr_as_one_group(tmp_path, mnist_root):
+    done = train_inprocess("-m", "hydra/launcher=batched", "param=sp,mup", "init=kaiming,xavier", "optim.lr=1e-3,3e-4",
+                           "width=512", "param.base_width=128", *TINY[1:], "depth=3", "trainer.max_steps=5",
+                           runs_dir=tmp_path, data_root=mnist_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout + done.stderr
-    assert out.count("runs alone: param=mup base_width=256 (the stacked model's optimizer has one learning rate") == 2
-    assert "batched group of 2" in out, out[-3000:]
+    assert "runs alone" not in out and "batched group of 8" in out, out[-3000:]
     summaries = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
-    assert len(summaries) == 4 and all(s["status"] == "ok" for s in summaries)
-    assert sorted(len(s["learning_rates"]) for s in summaries) == [1, 1, 6, 6]  # the mup runs' six named groups
+    assert len(summaries) == 8 and all(s["status"] == "ok" for s in summaries)
+    for s in summaries:  # each member's own rates, as its lone run's optimizer has them
+        lr, rates = s["settings"]["optim"]["lr"], s["learning_rates"]
+        if s["settings"]["param"]["name"] == "sp":
+            assert rates == {"all": lr}
+        else:
+            assert {name: rate / lr for name, rate in rates.items()} == pytest.approx(MUP_AT_4X["adam"])
 
 
 def test_a_finished_run_from_before_param_existed_counts_as_an_sp_run():

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from deepinit.base.private_api import count_replayed_update
 from deepinit.batched.stacked import StackedMLP
+from deepinit.network.parametrization import ONE_GROUP, groups_of, param_groups
 from deepinit.observe.speed import accuracies
 from deepinit.results.summary import Divergence
 from deepinit.run.lifecycle import RunRecord
@@ -35,6 +36,10 @@ class Member:
         if self.recorder is not None:  # fed by the group's step, not by a LayerStats callback
             self.recorder.open(self.model, self.logger.experiment, self.run_dir)
         self.record.summary.theory = predict_trainability(settings, self.model, self.init_used)
+        param, optim = settings.param, settings.optim
+        # its learning rate per named group, as its lone run's optimizer has them (sp: the same for every group)
+        groups = param_groups(self.model, param.name, optim.name, optim.lr, param.base_width)
+        self.rates = {group["name"]: group["lr"] for group in groups}
         self.divergence: Divergence | None = None
         self.frozen: list[Tensor] = []  # its slices of the parameters, once diverged
         self.val_acc_history: list[float] = []
@@ -47,6 +52,11 @@ class Member:
 
     def observes(self, step: int) -> bool:
         return self.recorder is not None and self.live and self.recorder.observes(step)
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """summary.json's learning_rates, as its lone run writes them (sp: one group)."""
+        return self.rates if not self.settings.param.standard else {ONE_GROUP: self.settings.optim.lr}
 
 
 class MembersLogger(Logger):
@@ -91,8 +101,17 @@ class GroupStep:
     With `graph` (CUDA, fast=true) each half is a `Graphed`: replayed on every step that no member records and
     whose batch has the usual size (the update whenever the forward was), eager otherwise, as the lone fast step."""
 
-    def __init__(self, stack: StackedMLP, optimizer: torch.optim.Optimizer, device: torch.device, graph: bool):
-        self.stack, self.optimizer = stack, optimizer
+    def __init__(
+        self,
+        stack: StackedMLP,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        graph: bool,
+        scales: Sequence[tuple[Tensor, Tensor]] = (),
+    ):
+        """scales: (stacked parameter, [K] factors) where members train it at other rates than the optimizer's."""
+        self.stack, self.optimizer, self.scales = stack, optimizer, list(scales)
+        self.before = [torch.empty_like(p) for p, _ in self.scales]
         self.forward = Graphed("batched step", device, graph, grads_of=optimizer)
         self.update_half = Graphed("batched update", device, graph)
         self.replayed = False  # whether this step's forward was replayed
@@ -123,10 +142,31 @@ class GroupStep:
         """The optimizer's step for every member: replayed (the torch optimizer's kernels) when this step's forward
         was and the update can be, else through Lightning's optimizer, which counts the step itself."""
         _, replayed = self.update_half(
-            (), not self.replayed, captured_fn=self.optimizer.step, eager_fn=lightning_optimizer.step
-        )
+            (), not self.replayed, captured_fn=self._scaled(self.optimizer.step),
+            eager_fn=self._scaled(lightning_optimizer.step),
+        )  # fmt: skip
         if replayed:
             count_replayed_update(lightning_optimizer)
+
+    def _scaled(self, step: Callable[[], Any]) -> Callable[[], Any]:
+        """The optimizer's step, each member's part of a scaled parameter moved by its factor times the step's
+        change: w + s_k (w' - w) is w - s_k lr u, the step at s_k lr, for any optimizer whose update is the learning
+        rate times a direction that does not depend on it (OptimSettings.LINEAR_IN_LR). Device ops only: a CUDA
+        graph captures them with the step."""
+        if not self.scales:
+            return step
+
+        def scaled() -> Any:
+            with torch.no_grad():
+                for before, (p, _) in zip(self.before, self.scales, strict=True):
+                    before.copy_(p)
+            out = step()
+            with torch.no_grad():
+                for before, (p, factors) in zip(self.before, self.scales, strict=True):
+                    p.sub_(before).mul_(factors.view(-1, *[1] * (p.dim() - 1))).add_(before)
+            return out
+
+        return scaled
 
 
 class GroupModule(L.LightningModule):
@@ -140,6 +180,7 @@ class GroupModule(L.LightningModule):
         self.stack, self.members, self.optimizer_factory, self.fast = stack, list(members), optimizer, fast
         self.automatic_optimization = False
         self.group_step: GroupStep | None = None
+        self.scales: list[tuple[Tensor, Tensor]] = []  # configure_optimizers': the members' own rates
         self._totals: Tensor | None = None  # [2, K] float64: the evaluation's summed loss and accuracy, and count
         self._count = 0
         self._speed_images: tuple[Tensor, Tensor] | None = None  # the members' common speed images, on the device
@@ -149,12 +190,33 @@ class GroupModule(L.LightningModule):
         return [m for m in self.members if m.live]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.stack.parameters())
+        params, self.scales = self.param_groups()
         # fused where it exists, as the lone run's fast step: one kernel for every member's update
         graph = self.fast and self.device.type == "cuda"
         optimizer = self.fast and fused_optimizer(self.optimizer_factory, params, capturable=graph)
         self.graphs = graph and bool(optimizer)
         return optimizer or self.optimizer_factory(params)
+
+    def param_groups(self) -> tuple[list, list[tuple[Tensor, Tensor]]]:
+        """The optimizer's parameters, and the factors of the members that train at other rates: one group, as
+        ever, where every member is sp at one learning rate; else the first member's named groups (a width
+        parametrization's per layer kind), each stacked parameter at its rate, and every member's own rate for it
+        over that one as the [K] factors GroupStep applies."""
+        first = self.members[0]
+        if all(m.settings.param.standard and m.rates == first.rates for m in self.members):
+            return list(self.stack.parameters()), []
+        stacked = {}
+        for i, linear in enumerate(first.model.linears):  # a member's parameters are views of the stack's
+            stacked[id(linear.weight)] = self.stack.weights[i]
+            if self.stack.biases:
+                stacked[id(linear.bias)] = self.stack.biases[i]
+        groups, scales = [], []
+        for name, _, params in groups_of(first.model):
+            groups.append({"params": [stacked[id(p)] for p in params], "name": name, "lr": first.rates[name]})
+            factors = torch.tensor([m.rates[name] / first.rates[name] for m in self.members], device=self.device)
+            if not bool((factors == 1).all()):
+                scales += [(p, factors.to(p.dtype)) for p in groups[-1]["params"]]
+        return groups, scales
 
     @property
     def step_kind(self) -> str:
@@ -164,7 +226,7 @@ class GroupModule(L.LightningModule):
         x, y = batch
         step, stack, optimizer = self.global_step, self.stack, self.optimizers()
         if self.group_step is None:
-            self.group_step = GroupStep(stack, optimizer.optimizer, self.device, self.graphs)
+            self.group_step = GroupStep(stack, optimizer.optimizer, self.device, self.graphs, self.scales)
         observers = [m for m in self.members if m.observes(step)]
         out, pre, post = self.group_step.forward_backward(x, y, keep=bool(observers))
         for member in observers:

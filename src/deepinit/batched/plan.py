@@ -16,8 +16,6 @@ def why_alone(settings: Settings) -> str | None:
 
     if (architecture := settings.model.architecture) != "plain":
         return f"{architecture} (the stacked model is a plain MLP)"
-    if not settings.param.standard:
-        return f"param={settings.param.label} (the stacked model's optimizer has one learning rate for every layer)"
     with job_scope():  # a Trainer sets process-wide flags (trainer.deterministic): not the launcher's to keep
         trainer = settings.trainer.make(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     return why_not(GROUP, trainer, settings.optim.factory())

@@ -66,7 +66,8 @@ def _train_group(
             )  # fmt: skip
             stack = StackedMLP([m.model for m in members])
             group = GroupModule(stack, members, first.optim.factory(), first.run.fast)
-            shared = " ".join(f"{k}={v}" for k, v in first.essentials().items() if k not in ("init", "seed"))
+            essentials = [own.essentials() for own in settings]  # what the members share (lr and param may differ)
+            shared = " ".join(f"{k}={v}" for k, v in essentials[0].items() if all(e[k] == v for e in essentials))
             log.info(f"deepinit: a batched group of {len(members)} runs | {shared} | device {device}")
             trainer.fit(group, train_dataloaders=train, val_dataloaders=datamodule.val_dataloader())
             if group.live:
@@ -98,7 +99,7 @@ def _conclude(member: Member, trainer: L.Trainer, kind: str, checkpointing: bool
         member.metrics, member.val_acc_history, history,
         init=member.init_used, steps=steps, epochs=epochs, device=str(trainer.strategy.root_device),
         training_step=kind, speed=member.speed.result() if member.speed is not None else None,
-        learning_rates={"all": member.settings.optim.lr},  # a member has one (a width parametrization runs alone)
+        learning_rates=member.learning_rates,
     )  # fmt: skip
     if checkpointing:
         # Lightning checkpoints the module it trains, the stack; a member's file is its own model's weights under

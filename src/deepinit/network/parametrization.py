@@ -32,6 +32,7 @@ from torch import nn
 from deepinit.network.model import MLP
 
 PARAMS = ("sp", "mup")
+ONE_GROUP = "all"  # the name of an optimizer's only group (sp), in summary.json's learning_rates
 KINDS = ("input", "hidden", "readout", "vector", "scalar")
 
 

@@ -223,6 +223,10 @@ class Target:
 class OptimSettings(Target):
     """optim.*: the optimizer's class (`_target_`) and its arguments, lr among them."""
 
+    # optimizers whose update is the learning rate times a direction that does not depend on it (torch's Adam, AdamW,
+    # SGD with momentum, RMSprop): the members of a batched group may train at their own rates (deepinit.batched)
+    LINEAR_IN_LR = ("adam", "adamw", "sgd", "rmsprop")
+
     def __post_init__(self) -> None:
         lr = self.options.get("lr")
         if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
@@ -373,9 +377,10 @@ class Settings:
     # The settings that do not change a run's results: a sweep's name leaves them out, a rerun compares its settings
     # without them, a batched group lets them differ.
     NEUTRAL = _flagged("neutral")
-    # What members of one batched group may differ in besides NEUTRAL: the init, the seed (and the shuffle it seeds)
-    # and the layer statistics; everything else must be equal (same shapes, same loop).
-    PER_MEMBER = ("init", "stats", *_flagged("per_member"))
+    # What members of one batched group may differ in besides NEUTRAL: the init, the seed (and the shuffle it seeds),
+    # the layer statistics, the width parametrization and (group_key) the learning rate; everything else must be equal
+    # (same shapes, same loop).
+    PER_MEMBER = ("init", "stats", "param", *_flagged("per_member"))
     UNNAMED = tuple(dict.fromkeys((*NEUTRAL, *UNNAMED_EXTRA)))
     # What a resumed run may change besides NEUTRAL: how long it trains. Nothing else in the loop reads them (no
     # schedule), so going on further ends as a run given the longer budget from the start would.
@@ -477,7 +482,8 @@ class Settings:
 
     def group_key(self) -> str:
         """Runs with equal keys can be trained as one stacked model (deepinit.batched)."""
-        return json.dumps(self.results_part(self.config, also=self.PER_MEMBER), sort_keys=True)
+        own_lr = ("optim.lr",) if self.optim.name in OptimSettings.LINEAR_IN_LR else ()
+        return json.dumps(self.results_part(self.config, also=(*self.PER_MEMBER, *own_lr)), sort_keys=True)
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

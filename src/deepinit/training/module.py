@@ -19,6 +19,7 @@ from torch import Tensor
 
 from deepinit.base.private_api import align_logging_step, count_replayed_update
 from deepinit.network.model import MLP
+from deepinit.network.parametrization import ONE_GROUP
 from deepinit.results.summary import Divergence
 from deepinit.training.fast_step import FastStep, fused_optimizer
 from deepinit.training.steps import FAST, why_not
@@ -78,7 +79,7 @@ class Classifier(L.LightningModule):
     def learning_rates(self) -> dict[str, float]:
         """The learning rate of each of the optimizer's groups as it trains, by name (one unnamed group: `all`)."""
         optimizer = self.trainer.optimizers[0]
-        return {group.get("name", "all"): group["lr"] for group in optimizer.param_groups}
+        return {group.get("name", ONE_GROUP): group["lr"] for group in optimizer.param_groups}
 
     @property
     def step_kind(self) -> str:
