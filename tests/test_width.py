@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from conftest import compose_cfg, read_events, train_inprocess
 from deepinit.network import parametrization
@@ -160,6 +161,10 @@ def test_the_coord_check_reports_each_layers_change_against_width_beside_the_the
     regimes = {s["config"]["param"].split()[0]: s["theory"]["regime"] for s in summaries.values() if "theory" in s}
     assert regimes == {"sp": "unstable", "mup": "feature learning"}
     assert np.isfinite([float(r["l1"]) for r in rows]).all()
+    # TensorBoard's Custom Scalars: the story, then the coords charts; no empty Signal section
+    (layout_event,) = read_events(next(sweep.glob("*width=64"))).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == ["Overview", "coords"]
 
 
 def test_a_finished_run_from_before_data_shuffle_existed_counts_as_shuffled():

@@ -369,10 +369,10 @@ class LayerRecorder:
                 "accuracy: train, validation": ["Multiline", [r"^Overview/accuracy", r"^train/acc$"]],
                 "speed: accuracy on the first validation images": ["Multiline", [r"^Overview/speed"]],
             },
-            "Signal (each run's theory at init: its run /theory)": {
-                tag: ["Multiline", [rf"^{re.escape(tag)}$"]] for key, (tag, _) in SIGNAL.items() if key in keys
-            },
         }
+        signal = {tag: ["Multiline", [rf"^{re.escape(tag)}$"]] for key, (tag, _) in SIGNAL.items() if key in keys}
+        if signal:  # a run that records neither group (the coord check's) has no Signal charts
+            layout["Signal (each run's theory at init: its run /theory)"] = signal
         for group, quantity in keys:
             layers = "" if group in WHOLE_NETWORK else r"/layer_\d+"
             layout.setdefault(group, {})[f"{group}/{quantity}"] = ["Multiline", [rf"^{group}/{quantity}{layers}$"]]
